@@ -1,0 +1,3 @@
+from cellgen.cli import main
+
+main()

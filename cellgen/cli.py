@@ -1,0 +1,195 @@
+"""The ``cellgen`` command line: a thin layer over the pipeline modules."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+
+import click
+
+from cellgen import __version__
+from cellgen.errors import CellgenError
+
+
+_NOT_CONTENT = {"--overwrite", "-q", "--quiet"}
+_OUTPUT = {"-o", "--output"}
+
+
+def _command_line() -> str:
+    """The command as typed, recorded as provenance: only what decides the content, so the
+    same options written to another file name give the same bytes."""
+    kept, skip = [], False
+    for token in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif token in _OUTPUT:
+            skip = True
+        elif token not in _NOT_CONTENT and not any(token.startswith(o + "=") for o in _OUTPUT):
+            kept.append(token)
+    return shlex.join(["cellgen", *kept])
+
+
+def _parse_count(text: str):
+    try:
+        if ":" in text:
+            lo, hi = (int(t) for t in text.split(":", 1))
+            return (lo, hi)
+        return int(text)
+    except ValueError:
+        raise click.BadParameter(f"expected N or LOW:HIGH, got {text!r}") from None
+
+
+def _parse_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+class _Group(click.Group):
+    def list_commands(self, ctx):  # keep the order commands were added: the pipeline's order
+        return list(self.commands)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cellgen")
+def cli():
+    """Synthetic fluorescent-cell segmentation benchmarks with exact masks."""
+
+
+@cli.command()
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="HDF5 benchmark set to write.")
+@click.option("--n", "n_images", default=10, show_default=True, type=click.IntRange(1), help="Number of images.")
+@click.option("--count", default="12", show_default=True, help="Cells per image: N, or LOW:HIGH drawn per image.")
+@click.option("--density", type=float, default=None, help="Target cells per mm^2 (overrides --count).")
+@click.option("--size", default=256, show_default=True, type=click.IntRange(32), help="Image side in pixels.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Image i uses seed SEED + i.")
+@click.option("--pixel-size", default=0.5, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Micrometres per pixel.")
+@click.option("--cell-radius", default=9.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Mean cell radius in um.")
+@click.option("--touching", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="0 keeps cells apart, 1 packs them.")
+@click.option("--clustering", default=0.3, show_default=True, type=click.FloatRange(0, 1), help="Fraction of cells placed next to another.")
+@click.option("--variants", default="clean,gaussian,poisson", show_default=True, help="Image variants: clean and noise presets.")
+@click.option("--tier-measure", default="cells_per_mm2", show_default=True, help="Density measure that defines tiers.")
+@click.option("--tier-thresholds", default="700,1600", show_default=True, help="Tier boundaries on that measure.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def simulate(output, n_images, count, density, size, seed, pixel_size, cell_radius, touching, clustering,
+             variants, tier_measure, tier_thresholds, overwrite, quiet):
+    """Write a benchmark set from the procedural cell simulator (no weights needed)."""
+    from cellgen.density import TierScheme
+    from cellgen.pipeline import simulate_set
+    from cellgen.simulate import SimulationConfig, count_for_density
+
+    cells = count_for_density(density, size, pixel_size) if density is not None else _parse_count(count)
+    config = SimulationConfig(
+        size=size, count=cells, pixel_size_um=pixel_size, cell_radius_um=cell_radius,
+        touching=touching, clustering=clustering,
+    )
+    tiers = TierScheme.parse(tier_measure, tier_thresholds)
+    path = simulate_set(
+        output, config, n_images, seed, variants=_parse_list(variants), tiers=tiers,
+        command=_command_line(), overwrite=overwrite, progress=not quiet,
+    )
+    _print_summary(path)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
+@click.option("--variant", default="clean", show_default=True, help="Image variant to show.")
+@click.option("--per-tier", default=4, show_default=True, type=click.IntRange(1, 32), help="Images per tier row.")
+@click.option("--no-outlines", is_flag=True, help="Show images without mask outlines.")
+def preview(file, output, variant, per_tier, no_outlines):
+    """Montage of a set's images with mask outlines, one row per density tier."""
+    from cellgen.preview import preview_set
+
+    preview_set(file, output, variant=variant, per_tier=per_tier, outlines=not no_outlines)
+    click.echo(f"wrote {output}")
+
+
+@cli.command("export")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["tiff", "png"]), default="tiff", show_default=True)
+@click.option("--variants", default=None, help="Variants to export (default: all).")
+@click.option("-q", "--quiet", is_flag=True)
+def export_cmd(file, out_dir, fmt, variants, quiet):
+    """Write a set as one TIFF/PNG file per image and per mask."""
+    from cellgen.datasets.export import export_set
+
+    export_set(file, out_dir, fmt, _parse_list(variants) if variants else None, progress=not quiet)
+    click.echo(f"exported {file} to {out_dir}")
+
+
+@cli.group(cls=_Group)
+def datasets():
+    """Benchmark-set files: verify and inspect."""
+
+
+@datasets.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+def verify(file):
+    """Check schema, shapes, dtypes, mask consistency and tiers; non-zero exit if anything is wrong."""
+    from cellgen.datasets.h5 import verify as verify_set
+
+    summary = verify_set(file)
+    tiers = " ".join(f"{k}:{v}" for k, v in summary["tiers"].items())
+    click.echo(
+        f"OK {file}: {summary['n_images']} images {summary['image_size'][0]}x{summary['image_size'][1]}, "
+        f"variants {','.join(summary['variants']) or 'none (masks only)'}, tiers {tiers}"
+    )
+
+
+@datasets.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def info(file, as_json):
+    """Counts per tier and variant, and provenance."""
+    from cellgen.datasets.info import set_info
+
+    data = set_info(file)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"{file}: {data['n_images']} images {data['image_size'][0]}x{data['image_size'][1]} "
+               f"at {data['pixel_size_um']} um/px")
+    click.echo(f"  tiers ({data['tier_scheme']['measure']} thresholds {data['tier_scheme']['thresholds']}): "
+               + ", ".join(f"{k} {v}" for k, v in data["tiers"].items()))
+    for v, s in data["variants"].items():
+        click.echo(f"  variant {v}: " + (f"SNR {s['snr_db_mean']:.1f} dB; {s['params']}" if s else "noise-free"))
+    for k in ("cellgen_version", "command", "generator_sha256", "renderer_sha256"):
+        click.echo(f"  {k}: {data['provenance'].get(k) or '-'}")
+
+
+def _print_summary(path):
+    from cellgen.datasets.info import set_info
+
+    data = set_info(path)
+    tiers = ", ".join(f"{k} {v}" for k, v in data["tiers"].items())
+    click.echo(f"wrote {path}: {data['n_images']} images, tiers: {tiers}; variants: {', '.join(data['variants'])}")
+
+
+def main(argv=None):
+    """Entry point: user-facing errors become one line on stderr and exit status 1."""
+    try:
+        cli.main(args=argv, prog_name="cellgen", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("cellgen: aborted", err=True)
+        sys.exit(130)
+    except click.UsageError as err:
+        where = err.ctx.command_path if err.ctx else "cellgen"
+        click.echo(f"cellgen: error: {err.format_message()} (see '{where} --help')", err=True)
+        sys.exit(err.exit_code)
+    except click.ClickException as err:
+        click.echo(f"cellgen: error: {err.format_message()}", err=True)
+        sys.exit(err.exit_code)
+    except click.exceptions.Exit as err:
+        sys.exit(err.exit_code)
+    except CellgenError as err:
+        click.echo(f"cellgen: error: {err}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("cellgen: interrupted; rerun the same command to resume", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

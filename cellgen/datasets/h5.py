@@ -1,0 +1,465 @@
+"""The benchmark-set HDF5 layout: writer, lazy reader and verifier.
+
+The layout is documented in ``docs/format.md``; :data:`SCHEMA_VERSION` names its version.
+In short (N images of H x W):
+
+* root attributes: ``format`` = ``"cellgen-benchmark"``, ``schema_version``, provenance
+  (``cellgen_version``, ``command``, ``recipe`` JSON, ``generator_sha256``,
+  ``renderer_sha256``), ``pixel_size_um``, ``tier_scheme`` JSON, ``channel_names``,
+  ``n_images``, ``image_size``, ``intensity_full_scale``, ``variants``.
+* ``images`` (N, 2, H, W) uint16, channel 0 nucleus, 1 cytoplasm (absent in masks-only sets)
+* ``masks/semantic`` (N, H, W) uint8; ``masks/cell``, ``masks/nucleus`` (N, H, W) uint32
+* ``noisy/<variant>/images`` (N, 2, H, W) uint16 ADU, attribute ``params`` (JSON);
+  ``noisy/<variant>/snr_db`` (N, 2) float32
+* ``metadata/<column>`` (N,): one 1-D dataset per column (see :data:`METADATA_COLUMNS`)
+
+Image datasets are chunked one image per chunk and gzip-compressed; the writer streams
+image by image into ``PATH.partial`` and renames it to ``PATH`` when every image is in.
+An interrupted run resumes from the last image written, and its file ends up byte-identical
+to an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from cellgen import __version__
+from cellgen.density import TierScheme
+from cellgen.errors import DatasetError
+from cellgen.masks import Masks, validate
+
+FORMAT = "cellgen-benchmark"
+SCHEMA_VERSION = 1
+CHANNELS = ("nucleus", "cytoplasm")
+FULL_SCALE = 65535
+CLEAN = "clean"
+
+#: metadata columns every set has: name -> (dtype, meaning)
+METADATA_COLUMNS = {
+    "index": ("int64", "image index in the set"),
+    "seed": ("int64", "seed that produced the image (simulator seed or generator seed)"),
+    "psi": ("float64", "truncation psi of the contour generator (NaN when not generated)"),
+    "source": ("str", "what produced the image: simulate, stylegan2, real:<name>"),
+    "tier": ("str", "density tier from the set's tier_scheme"),
+    "count": ("float64", "number of cells"),
+    "cells_per_mm2": ("float64", "cells per mm^2"),
+    "area_fraction": ("float64", "fraction of pixels inside cells"),
+    "touching_fraction": ("float64", "fraction of cells touching another cell"),
+    "mean_nn_distance_um": ("float64", "mean nearest-neighbour centroid distance (um)"),
+}
+_STR = h5py.string_dtype("utf-8")
+_GZIP = dict(compression="gzip", compression_opts=4, shuffle=True)
+
+
+@dataclass
+class Sample:
+    """One image's record as written to / read from a set."""
+
+    masks: Masks
+    image: np.ndarray | None = None  # (2, H, W) uint16
+    noisy: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # variant -> (ADU, snr_db)
+    meta: dict = field(default_factory=dict)
+
+
+def _open_h5(path: Path, mode: str) -> h5py.File:
+    try:
+        return h5py.File(path, mode, track_order=False)
+    except FileNotFoundError:
+        raise DatasetError(f"no such file: {path}") from None
+    except OSError as err:
+        text = str(err)
+        if "No such file" in text:
+            raise DatasetError(f"no such file: {path}") from None
+        if "signature" in text or "not an HDF5" in text or "file format" in text or "truncated" in text.lower():
+            raise DatasetError(f"{path} is not a readable HDF5 file (corrupt, truncated or another format)") from None
+        raise DatasetError(f"cannot open {path}: {text.splitlines()[0]}") from None
+
+
+class BenchmarkWriter:
+    """Streams a benchmark set to disk, one image at a time, in index order.
+
+    ``recipe`` is a JSON-serialisable description of everything that decides the content;
+    a leftover ``PATH.partial`` whose recipe matches is resumed, any other is refused.
+    """
+
+    def __init__(
+        self,
+        path,
+        n_images: int,
+        image_size: tuple[int, int],
+        *,
+        pixel_size_um: float,
+        tier_scheme: TierScheme,
+        variants: dict[str, str],
+        with_images: bool = True,
+        recipe: dict,
+        command: str = "",
+        generator_sha256: str = "",
+        renderer_sha256: str = "",
+        overwrite: bool = False,
+    ):
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.n = int(n_images)
+        self.size = tuple(int(s) for s in image_size)
+        self.variants = dict(variants)  # name -> params JSON
+        self.with_images = with_images
+        self.recipe_json = json.dumps(recipe, sort_keys=True)
+        if self.variants and not with_images:
+            raise DatasetError("noisy variants need images; a masks-only set has none")
+        if self.path.exists() and not overwrite:
+            raise DatasetError(f"{self.path} already exists; pass --overwrite to replace it")
+        self.attrs = {
+            "format": FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "cellgen_version": __version__,
+            "command": command,
+            "recipe": self.recipe_json,
+            "generator_sha256": generator_sha256,
+            "renderer_sha256": renderer_sha256,
+            "pixel_size_um": float(pixel_size_um),
+            "tier_scheme": tier_scheme.to_json(),
+            "channel_names": json.dumps(list(CHANNELS)),
+            "n_images": self.n,
+            "image_size": np.asarray(self.size, dtype=np.int64),
+            "intensity_full_scale": FULL_SCALE if with_images else 0,
+            "variants": json.dumps(([CLEAN] if with_images else []) + list(self.variants)),
+        }
+        self.resumed = False
+        self.start = 0
+        self._file: h5py.File | None = None
+        if self.partial.exists():
+            self._resume()
+        else:
+            self._file = self._create(self.partial)
+
+    # -- layout -----------------------------------------------------------------------
+    def _create(self, path: Path) -> h5py.File:
+        try:
+            f = h5py.File(path, "w", track_order=False)
+        except OSError as err:
+            raise DatasetError(f"cannot create {path}: {str(err).splitlines()[0]}") from None
+        for key, value in self.attrs.items():
+            f.attrs[key] = value
+        f.attrs["n_written"] = 0
+        h, w = self.size
+        n = self.n
+        if self.with_images:
+            self._dataset(f, "images", (n, 2, h, w), np.uint16, chunk=(1, 2, h, w))
+        self._dataset(f, "masks/semantic", (n, h, w), np.uint8, chunk=(1, h, w))
+        self._dataset(f, "masks/cell", (n, h, w), np.uint32, chunk=(1, h, w))
+        self._dataset(f, "masks/nucleus", (n, h, w), np.uint32, chunk=(1, h, w))
+        for name, params in self.variants.items():
+            d = self._dataset(f, f"noisy/{name}/images", (n, 2, h, w), np.uint16, chunk=(1, 2, h, w))
+            d.attrs["params"] = params
+            self._dataset(f, f"noisy/{name}/snr_db", (n, 2), np.float32)
+        for column, (dtype, meaning) in METADATA_COLUMNS.items():
+            d = self._dataset(f, f"metadata/{column}", (n,), _STR if dtype == "str" else np.dtype(dtype))
+            d.attrs["description"] = meaning
+        return f
+
+    @staticmethod
+    def _dataset(f, name, shape, dtype, chunk=None):
+        kwargs = dict(track_times=False)
+        if chunk is not None and shape[0] > 0:
+            kwargs.update(chunks=chunk, **_GZIP)
+        return f.create_dataset(name, shape=shape, dtype=dtype, **kwargs)
+
+    def _resume(self):
+        f = _open_h5(self.partial, "r+")
+        if f.attrs.get("recipe") != self.recipe_json or f.attrs.get("format") != FORMAT:
+            f.close()
+            raise DatasetError(
+                f"{self.partial} is left from a run with other options; delete it to start over, "
+                "or rerun the original command to resume it"
+            )
+        self.start = int(f.attrs.get("n_written", 0))
+        self.resumed = True
+        self._file = f
+
+    # -- writing ----------------------------------------------------------------------
+    def write(self, index: int, sample: Sample) -> None:
+        f = self._file
+        expected = int(f.attrs["n_written"])
+        if index != expected:
+            raise DatasetError(f"images must be written in order: expected index {expected}, got {index}")
+        masks = sample.masks
+        problems = validate(masks.cell, masks.nucleus, masks.semantic, self.size)
+        if problems:
+            raise DatasetError(f"image {index}: invalid masks: {problems[0]}")
+        try:
+            if self.with_images:
+                f["images"][index] = _checked(sample.image, (2, *self.size), np.uint16, f"image {index}")
+            f["masks/semantic"][index] = masks.semantic
+            f["masks/cell"][index] = masks.cell
+            f["masks/nucleus"][index] = masks.nucleus
+            for name in self.variants:
+                if name not in sample.noisy:
+                    raise DatasetError(f"image {index}: noisy variant '{name}' missing")
+                adu, snr = sample.noisy[name]
+                f[f"noisy/{name}/images"][index] = _checked(adu, (2, *self.size), np.uint16, f"{name} image {index}")
+                f[f"noisy/{name}/snr_db"][index] = np.asarray(snr, np.float32)
+            meta = dict(sample.meta, index=index)
+            for column, (dtype, _) in METADATA_COLUMNS.items():
+                value = meta.get(column, "" if dtype == "str" else (np.nan if dtype == "float64" else -1))
+                f[f"metadata/{column}"][index] = value
+            # the count moves only after the image is complete, so a crash never half-counts one
+            f.attrs["n_written"] = index + 1
+            f.flush()
+        except OSError as err:
+            raise DatasetError(_io_message(err, self)) from None
+
+    def finish(self) -> Path:
+        """Close and atomically move the finished set into place; returns its path."""
+        f = self._file
+        written = int(f.attrs["n_written"])
+        if written != self.n:
+            f.close()
+            raise DatasetError(f"only {written} of {self.n} images were written; {self.partial} kept for resuming")
+        f.close()
+        self._file = None
+        if self.resumed:
+            # a resumed file carries the interrupted run's allocation history; copying it into
+            # a fresh layout gives the same bytes as an uninterrupted run
+            self._repack()
+        os.replace(self.partial, self.path)
+        return self.path
+
+    def _repack(self):
+        fresh = self.partial.with_name(self.partial.name + ".repack")
+        with BenchmarkSet(self.partial, allow_partial=True) as old:
+            out = self._create(fresh)
+            try:
+                self._file = out
+                for i in range(self.n):
+                    self.write(i, old.sample(i))
+            finally:
+                out.close()
+                self._file = None
+        os.replace(fresh, self.partial)
+
+    def close(self):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _io_message(err: OSError, writer: BenchmarkWriter) -> str:
+    text = str(err)
+    if "No space" in text or getattr(err, "errno", None) == 28:
+        return f"disk full while writing {writer.partial}; free space and rerun the same command to resume"
+    return f"write to {writer.partial} failed: {text.splitlines()[0]}; rerun the same command to resume"
+
+
+def _checked(array, shape, dtype, what):
+    if array is None:
+        raise DatasetError(f"{what}: missing")
+    array = np.asarray(array)
+    if array.shape != shape:
+        raise DatasetError(f"{what}: shape {array.shape}, expected {shape}")
+    if array.dtype != dtype:
+        raise DatasetError(f"{what}: dtype {array.dtype}, expected {np.dtype(dtype).name}")
+    return array
+
+
+class BenchmarkSet:
+    """Lazy, sliceable reader of a benchmark set; nothing is loaded until asked for."""
+
+    def __init__(self, path, allow_partial: bool = False):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise DatasetError(f"no such file: {self.path}")
+        self._f = _open_h5(self.path, "r")
+        f = self._f
+        fmt = f.attrs.get("format")
+        if fmt != FORMAT:
+            self._f.close()
+            raise DatasetError(f"{self.path} is not a cellgen benchmark set (format attribute {fmt!r})")
+        version = int(f.attrs.get("schema_version", -1))
+        if version != SCHEMA_VERSION:
+            self._f.close()
+            raise DatasetError(
+                f"{self.path} has schema_version {version}; this cellgen (v{__version__}) reads {SCHEMA_VERSION}"
+            )
+        if not allow_partial and int(f.attrs.get("n_written", -1)) != int(f.attrs.get("n_images", -2)):
+            self._f.close()
+            raise DatasetError(f"{self.path} is incomplete: an interrupted write (rerun its command to resume)")
+        try:
+            self.n = int(f.attrs["n_images"])
+            self.image_size = tuple(int(s) for s in f.attrs["image_size"])
+            self.pixel_size_um = float(f.attrs["pixel_size_um"])
+            self.tier_scheme = TierScheme.from_json(f.attrs["tier_scheme"])
+            self.variants = json.loads(f.attrs["variants"])
+        except (KeyError, ValueError) as err:
+            self._f.close()
+            raise DatasetError(f"{self.path}: missing or unreadable root attribute: {err}") from None
+        self._meta: dict[str, np.ndarray] | None = None
+
+    # -- provenance -------------------------------------------------------------------
+    @property
+    def attrs(self) -> dict:
+        out = {}
+        for k, v in self._f.attrs.items():
+            out[k] = v.tolist() if isinstance(v, np.ndarray) else (v.item() if isinstance(v, np.generic) else v)
+        return out
+
+    @property
+    def has_images(self) -> bool:
+        return "images" in self._f
+
+    @property
+    def metadata(self) -> dict[str, np.ndarray]:
+        if self._meta is None:
+            group = self._f["metadata"]
+            meta = {}
+            for name in group:
+                d = group[name]
+                meta[name] = d.asstr()[()] if h5py.check_string_dtype(d.dtype) else d[()]
+            self._meta = meta
+        return self._meta
+
+    def noise_params(self, variant: str) -> str:
+        self._need_variant(variant)
+        return self._f[f"noisy/{variant}/images"].attrs["params"] if variant != CLEAN else ""
+
+    def snr_db(self, variant: str) -> np.ndarray:
+        self._need_variant(variant)
+        if variant == CLEAN:
+            return np.full((self.n, 2), np.inf, np.float32)
+        return self._f[f"noisy/{variant}/snr_db"][()]
+
+    # -- data ---------------------------------------------------------------------------
+    def _need_variant(self, variant: str):
+        if variant not in self.variants:
+            have = ", ".join(self.variants) or "none (masks-only set)"
+            raise DatasetError(f"{self.path} has no image variant '{variant}'; it has: {have}")
+
+    def images(self, index, variant: str = CLEAN) -> np.ndarray:
+        """Image(s) of a variant; ``index`` is an int, slice or sorted index array."""
+        self._need_variant(variant)
+        name = "images" if variant == CLEAN else f"noisy/{variant}/images"
+        return self._f[name][index]
+
+    def masks(self, index: int) -> Masks:
+        g = self._f["masks"]
+        return Masks(g["semantic"][index], g["cell"][index], g["nucleus"][index])
+
+    def masks_array(self, kind: str, index):
+        if kind not in ("semantic", "cell", "nucleus"):
+            raise DatasetError(f"unknown mask kind '{kind}'; choose semantic, cell or nucleus")
+        return self._f[f"masks/{kind}"][index]
+
+    def sample(self, index: int) -> Sample:
+        meta = {k: (v[index].item() if hasattr(v[index], "item") else v[index]) for k, v in self.metadata.items()}
+        noisy = {
+            v: (self._f[f"noisy/{v}/images"][index], self._f[f"noisy/{v}/snr_db"][index])
+            for v in self.variants
+            if v != CLEAN
+        }
+        image = self._f["images"][index] if self.has_images else None
+        return Sample(self.masks(index), image, noisy, meta)
+
+    def indices(self, tier: str | None = None) -> np.ndarray:
+        if tier is None:
+            return np.arange(self.n)
+        if tier not in self.tier_scheme.names:
+            raise DatasetError(f"unknown tier '{tier}'; this set's tiers are: {', '.join(self.tier_scheme.names)}")
+        return np.flatnonzero(self.metadata["tier"] == tier)
+
+    def iter_images(self, variant: str = CLEAN, tier: str | None = None):
+        """Yield ``(index, image, masks)`` for one variant, optionally one tier."""
+        self._need_variant(variant)
+        for i in self.indices(tier):
+            yield int(i), self.images(int(i), variant), self.masks(int(i))
+
+    def __len__(self):
+        return self.n
+
+    def close(self):
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def verify(path) -> dict:
+    """Check schema, shapes, dtypes, mask consistency and tiers of a set.
+
+    Returns a summary dict; raises :class:`DatasetError` naming the first problems.
+    """
+    problems: list[str] = []
+    with BenchmarkSet(path) as ds:
+        f = ds._f
+        n, (h, w) = ds.n, ds.image_size
+        required = {
+            "masks/semantic": ((n, h, w), np.uint8),
+            "masks/cell": ((n, h, w), np.uint32),
+            "masks/nucleus": ((n, h, w), np.uint32),
+        }
+        if ds.has_images:
+            required["images"] = ((n, 2, h, w), np.uint16)
+        for v in ds.variants:
+            if v != CLEAN:
+                required[f"noisy/{v}/images"] = ((n, 2, h, w), np.uint16)
+                required[f"noisy/{v}/snr_db"] = ((n, 2), np.float32)
+        for column, (dtype, _) in METADATA_COLUMNS.items():
+            required[f"metadata/{column}"] = ((n,), None if dtype == "str" else np.dtype(dtype))
+        for name, (shape, dtype) in required.items():
+            if name not in f:
+                problems.append(f"dataset '{name}' is missing")
+                continue
+            d = f[name]
+            if not isinstance(d, h5py.Dataset):
+                problems.append(f"'{name}' is not a dataset")
+            elif d.shape != shape:
+                problems.append(f"dataset '{name}' has shape {d.shape}, expected {shape}")
+            elif dtype is not None and d.dtype != dtype:
+                problems.append(f"dataset '{name}' has dtype {d.dtype}, expected {np.dtype(dtype).name}")
+        if problems:
+            raise DatasetError(f"{path}: " + "; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""))
+
+        from cellgen.density import measure
+
+        meta = ds.metadata
+        tiers: dict[str, int] = {}
+        for i in range(n):
+            try:
+                m = ds.masks(i)
+            except OSError as err:
+                raise DatasetError(f"{path}: image {i} cannot be read (corrupt chunk): {str(err).splitlines()[0]}") from None
+            for p in validate(m.cell, m.nucleus, m.semantic, (h, w)):
+                problems.append(f"image {i}: {p}")
+            measured = measure(m.cell, ds.pixel_size_um)
+            if meta["count"][i] != measured["count"]:
+                problems.append(f"image {i}: metadata count {meta['count'][i]:g} but masks hold {measured['count']:g} cells")
+            expect_tier = ds.tier_scheme.assign(measured[ds.tier_scheme.measure])
+            if meta["tier"][i] != expect_tier:
+                problems.append(f"image {i}: tier '{meta['tier'][i]}' but its density says '{expect_tier}'")
+            tiers[meta["tier"][i]] = tiers.get(meta["tier"][i], 0) + 1
+            if len(problems) >= 20:
+                break
+        if problems:
+            raise DatasetError(f"{path}: " + "; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""))
+        return {
+            "path": str(path),
+            "n_images": n,
+            "image_size": [h, w],
+            "variants": ds.variants,
+            "tiers": {t: tiers.get(t, 0) for t in ds.tier_scheme.names},
+            "has_images": ds.has_images,
+        }

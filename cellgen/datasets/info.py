@@ -1,0 +1,36 @@
+"""Summary of a benchmark set: counts per tier and variant, noise, provenance."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from cellgen.datasets.h5 import CLEAN, BenchmarkSet
+
+
+def set_info(path) -> dict:
+    with BenchmarkSet(path) as ds:
+        meta = ds.metadata
+        variants = {}
+        for v in ds.variants:
+            if v == CLEAN:
+                variants[v] = None
+            else:
+                snr = ds.snr_db(v)
+                variants[v] = {"params": json.loads(ds.noise_params(v)), "snr_db_mean": float(np.mean(snr))}
+        attrs = ds.attrs
+        counts = meta["count"]
+        return {
+            "path": str(path),
+            "n_images": ds.n,
+            "image_size": list(ds.image_size),
+            "pixel_size_um": ds.pixel_size_um,
+            "tier_scheme": json.loads(ds.tier_scheme.to_json()),
+            "tiers": {t: int((meta["tier"] == t).sum()) for t in ds.tier_scheme.names},
+            "cells_per_image": {"min": float(counts.min(initial=0)), "max": float(counts.max(initial=0)),
+                                "mean": float(counts.mean()) if counts.size else 0.0},
+            "variants": variants,
+            "provenance": {k: attrs.get(k, "") for k in
+                           ("cellgen_version", "schema_version", "command", "recipe", "generator_sha256", "renderer_sha256")},
+        }

@@ -1,0 +1,35 @@
+"""Writing files so that an interrupted or failed write never leaves a half file in place."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+from cellgen.errors import CellgenError
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except OSError as err:
+        _remove(tmp)
+        if getattr(err, "errno", None) == 28:
+            raise CellgenError(f"disk full while writing {path}") from None
+        raise
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(tmp):
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(tmp)
