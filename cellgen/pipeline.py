@@ -66,6 +66,7 @@ def write_set(
     progress: bool = True,
     generator_sha256: str = "",
     renderer_sha256: str = "",
+    extra_attrs: dict | None = None,
 ):
     """Stream ``n`` items from ``source`` into a benchmark set at ``path``; resumable."""
     params = {name: noise.get_preset(name) for name in variants if name != "clean"}
@@ -76,7 +77,7 @@ def write_set(
         pixel_size_um=pixel_size_um, tier_scheme=tiers,
         variants={k: v.to_json() for k, v in params.items()},
         with_images=with_images, recipe=recipe, command=command, overwrite=overwrite,
-        generator_sha256=generator_sha256, renderer_sha256=renderer_sha256,
+        generator_sha256=generator_sha256, renderer_sha256=renderer_sha256, extra_attrs=extra_attrs,
     )
     with writer:
         bar = tqdm(total=n, initial=writer.start, desc=f"writing {path}", unit="img", disable=not progress)

@@ -176,3 +176,27 @@ def test_writer_rejects_invalid_masks(tmp_path):
     with pytest.raises(DatasetError, match="without a nucleus"):
         w.write(0, Sample(Masks(np.zeros((8, 8), np.uint8), cell, np.zeros_like(cell))))
     w.close()
+
+
+def test_full_disk_keeps_partial_and_says_so(tmp_path, monkeypatch):
+    import errno
+
+    real_setitem = h5py.Dataset.__setitem__
+    calls = []
+
+    def fills_up(self, key, value):
+        if self.name == "/images":
+            calls.append(key)
+            if len(calls) == 3:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_setitem(self, key, value)
+
+    monkeypatch.setattr(h5py.Dataset, "__setitem__", fills_up)
+    out = tmp_path / "full.h5"
+    with pytest.raises(DatasetError, match="disk full .* rerun the same command to resume"):
+        write(out, n=4)
+    monkeypatch.undo()
+    with h5py.File(tmp_path / "full.h5.partial", "r") as f:
+        assert f.attrs["n_written"] == 2
+    write(out, n=4)
+    assert sha(out) == sha(write(tmp_path / "ref.h5", n=4))

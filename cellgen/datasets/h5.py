@@ -102,6 +102,7 @@ class BenchmarkWriter:
         command: str = "",
         generator_sha256: str = "",
         renderer_sha256: str = "",
+        extra_attrs: dict | None = None,
         overwrite: bool = False,
     ):
         self.path = Path(path)
@@ -130,7 +131,9 @@ class BenchmarkWriter:
             "image_size": np.asarray(self.size, dtype=np.int64),
             "intensity_full_scale": FULL_SCALE if with_images else 0,
             "variants": json.dumps(([CLEAN] if with_images else []) + list(self.variants)),
+            "compartments": json.dumps(["cell", "nucleus"]),
         }
+        self.attrs.update(extra_attrs or {})
         self.resumed = False
         self.start = 0
         self._file: h5py.File | None = None
