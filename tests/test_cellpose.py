@@ -222,3 +222,26 @@ def test_builtin_names_load_from_the_cache_without_download(trained, empty_cache
     np.save(empty_cache / "size_cyto3.npy", size, allow_pickle=True)
     auto.check()
     assert f1_at(sim.cell, auto.segment(sim.image, PIXEL_SIZE).cell) >= 0.6
+
+
+def test_bench_cli_with_trained_model_beats_untrained(trained, tmp_path):
+    """The whole `cellgen bench --method cellpose --model PATH` path, trained vs untrained."""
+    import subprocess
+    import sys
+
+    from cellgen.pipeline import simulate_set
+
+    data = simulate_set(tmp_path / "set.h5", SimulationConfig(size=256, count=12, pixel_size_um=PIXEL_SIZE), 2,
+                        seed=2000, variants=["poisson"], progress=False)
+    f1 = {}
+    for name in ("trained", "untrained"):
+        out = tmp_path / name
+        r = subprocess.run([sys.executable, "-m", "cellgen", "bench", "--method", "cellpose", "--model",
+                            str(trained[name]), "--set", "nuclei_model=null", "--data", str(data), "-o", str(out),
+                            "--n-boot", "20", "-q"], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert "cell" in r.stdout and "poisson" in r.stdout
+        summary = json.loads((out / "summary.json").read_text())["summary"]
+        f1[name] = [s["f1@0.5"] for s in summary if s["tier"] == "all" and s["variant"] == "clean"][0]
+        assert {s["compartment"] for s in summary} == {"cell"}
+    assert f1["trained"] >= 0.7 and f1["trained"] - f1["untrained"] >= 0.5, f1

@@ -233,3 +233,25 @@ def test_worker_start_timeout_kills_it(side_env, random_model):
         assert "did not answer within" in _single_line_error(err.value)
     finally:
         m.close()
+
+
+def test_bench_cli_runs_mesmer_through_the_side_env(random_model, tmp_path):
+    """`cellgen bench --method deepcell --model PATH` end to end (random weights: no quality asserted)."""
+    import json
+    import subprocess
+    import sys
+
+    from cellgen.pipeline import simulate_set
+    from cellgen.simulate import SimulationConfig
+
+    data = simulate_set(tmp_path / "set.h5", SimulationConfig(size=256, count=10), 2, seed=5, variants=[],
+                        progress=False)
+    out = tmp_path / "mesmer"
+    r = subprocess.run([sys.executable, "-m", "cellgen", "bench", "--method", "deepcell", "--model",
+                        str(random_model), "--data", str(data), "-o", str(out), "--n-boot", "20", "-q"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["run"]["method"]["method"] == "deepcell"
+    assert {s["compartment"] for s in summary["summary"]} == {"cell", "nucleus"}
+    assert all(s["n_images"] == 2 for s in summary["summary"] if s["tier"] == "all")
