@@ -173,9 +173,10 @@ def plot_summary(by_label: dict[str, list[dict]], path, tier_names, metric_names
             ax.set_ylabel(f"{HEADLINE.get(metric, (None, metric))[1]} (%)")
             ax.set_title(f"{comp}", fontsize=10)
             ax.grid(axis="y", alpha=0.3)
-    axes[0, -1].legend(fontsize=7, loc="lower right")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.suptitle(" vs ".join(by_label) + ": score by density tier (95% bootstrap CI)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8, frameon=False)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
