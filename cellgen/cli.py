@@ -124,27 +124,49 @@ def datasets():
     """Benchmark-set files: verify and inspect."""
 
 
+def _set_file(target: str):
+    """A registered NAME[@VERSION] (from the cache) or a file path -> (path, registry entry or None)."""
+    from pathlib import Path
+
+    from cellgen.datasets import registry
+
+    if Path(target).exists() or target.endswith((".h5", ".hdf5")):
+        return Path(target), None
+    name, version, entry = registry.resolve(target)
+    path = registry.cached_path(name, version)
+    if not path.exists():
+        raise CellgenError(f"{name}@{version} is not in the cache ({path}); "
+                           f"run 'cellgen datasets download {name}' or 'cellgen datasets build {name}'")
+    return path, entry
+
+
 @datasets.command()
-@click.argument("file", type=click.Path(dir_okay=False))
-def verify(file):
-    """Check schema, shapes, dtypes, mask consistency and tiers; non-zero exit if anything is wrong."""
+@click.argument("target")
+def verify(target):
+    """Check a set (FILE or registered NAME): checksum, schema, shapes, dtypes, masks, tiers."""
+    from cellgen.checkpoint import sha256_of
     from cellgen.datasets.h5 import verify as verify_set
 
-    summary = verify_set(file)
+    path, entry = _set_file(target)
+    if entry is not None and entry.get("sha256") and sha256_of(path) != entry["sha256"]:
+        raise CellgenError(f"{path} does not match the registered sha256 of {target}: corrupt or altered")
+    summary = verify_set(path)
     tiers = " ".join(f"{k}:{v}" for k, v in summary["tiers"].items())
     click.echo(
-        f"OK {file}: {summary['n_images']} images {summary['image_size'][0]}x{summary['image_size'][1]}, "
+        f"OK {path}: {summary['n_images']} images {summary['image_size'][0]}x{summary['image_size'][1]}, "
         f"variants {','.join(summary['variants']) or 'none (masks only)'}, tiers {tiers}"
+        + (", sha256 matches the registry" if entry is not None else "")
     )
 
 
 @datasets.command()
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("target")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def info(file, as_json):
-    """Counts per tier and variant, and provenance."""
+def info(target, as_json):
+    """Counts per tier and variant, and provenance, of a FILE or registered NAME."""
     from cellgen.datasets.info import set_info
 
+    file, _ = _set_file(target)
     data = set_info(file)
     if as_json:
         click.echo(json.dumps(data, indent=2))
@@ -202,6 +224,7 @@ def bench(ctx, method, data, output, model, nuclei_model, diameter, predictions,
     from cellgen.bench.runner import run_bench
     from cellgen.datasets.h5 import BenchmarkSet
 
+    data = str(_set_file(data)[0])  # a registered set name works as well as a path
     options = _parse_settings(settings)
     given = dict(model=model, nuclei_model=nuclei_model, diameter=diameter, predictions=predictions)
     options.update({k: v for k, v in given.items() if v is not None})
@@ -240,6 +263,51 @@ def bench_compare(results, output, csv_path):
     if csv_path:
         _write_csv(Path(csv_path), rows)
     click.echo(f"wrote {output}")
+
+
+@datasets.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the registry as JSON.")
+def datasets_list(as_json):
+    """Registered benchmark sets: name, version, size, sha256, addresses, license."""
+    from cellgen.datasets import registry
+
+    reg = registry.load_registry()
+    if as_json:
+        click.echo(json.dumps(reg, indent=2))
+        return
+    for name, s in reg["sets"].items():
+        for version, e in s["versions"].items():
+            cached = registry.cached_path(name, version).exists()
+            size = f"{e['size_bytes'] / 1e6:.1f} MB" if e.get("size_bytes") else "?"
+            where = ", ".join(e.get("urls", []) + e.get("mirrors", [])) or "not published: build locally"
+            click.echo(f"{name}@{version}{' (latest)' if version == s['latest'] else ''}"
+                       f"{'  [cached]' if cached else ''}\n  {e['description']}\n"
+                       f"  {size}, schema {e.get('schema_version')}, sha256 {e.get('sha256') or '?'}\n"
+                       f"  download: {where}\n  license: {e.get('license')}\n  cite: {e.get('citation')}")
+
+
+@datasets.command("download")
+@click.argument("name")
+@click.option("--url", help="Download from this mirror instead of the registered addresses.")
+@click.option("-q", "--quiet", is_flag=True)
+def datasets_download(name, url, quiet):
+    """Fetch NAME[@VERSION] into the cache (resumes, checks sha256)."""
+    from cellgen.datasets import registry
+
+    click.echo(f"{registry.download(name, url=url, progress=not quiet)}")
+
+
+@datasets.command("build")
+@click.argument("name")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write here instead of the cache.")
+@click.option("--no-check", is_flag=True, help="Keep the result even if its sha256 differs from the registry.")
+@click.option("-q", "--quiet", is_flag=True)
+def datasets_build(name, output, no_check, quiet):
+    """Rebuild NAME[@VERSION] from its recipe and check it has the registered sha256."""
+    from cellgen.datasets import registry
+
+    path, digest = registry.build(name, output, check=not no_check, progress=not quiet)
+    click.echo(f"built {path}\nsha256 {digest}")
 
 
 @datasets.command("real")

@@ -11,7 +11,7 @@ Public API: :class:`SourceItem`, :func:`to_uint16`, :func:`make_sample`, :func:`
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -98,5 +98,23 @@ def simulate_set(path, config: SimulationConfig, n: int, seed: int = 0, **kwargs
     recipe = {"source": "simulate", "config": config.to_dict(), "seed": seed, "n": n}
     return write_set(
         path, n, source, image_size=(config.size, config.size), pixel_size_um=config.pixel_size_um,
+        recipe=recipe, **kwargs,
+    )
+
+
+def simulate_graded_set(path, config: SimulationConfig, groups: list[tuple[int, int]], seed: int = 0, **kwargs):
+    """Exact per-group cell counts (like BBBC004's graded sets): ``groups`` is
+    ``[(count, n_images), ...]``; image i uses seed ``seed + i`` and its group's count."""
+    counts = [int(c) for c, n in groups for _ in range(int(n))]
+    configs = {c: replace(config, count=c) for c in set(counts)}
+
+    def source(i: int) -> SourceItem:
+        sim = simulate_image(seed + i, configs[counts[i]])
+        return SourceItem(Masks(sim.semantic, sim.cell, sim.nucleus), sim.image, sim.seed, source="simulate")
+
+    recipe = {"source": "simulate-graded", "config": config.to_dict(), "groups": [list(g) for g in groups],
+              "seed": seed}
+    return write_set(
+        path, len(counts), source, image_size=(config.size, config.size), pixel_size_um=config.pixel_size_um,
         recipe=recipe, **kwargs,
     )

@@ -1,0 +1,221 @@
+"""Released benchmark sets: the registry shipped with cellgen, the local cache, downloads
+with resume and checksum, and deterministic rebuilds from a set's recipe.
+
+The registry (``cellgen/data/registry.json``, or the file named by ``CELLGEN_REGISTRY``)
+lists sets by name and version with their sha256, size, schema version, license, citation,
+download addresses (``urls``, ``mirrors``; empty until a set is published somewhere real) and
+the ``recipe`` that rebuilds the set byte for byte.
+
+The cache is ``$CELLGEN_DATA`` or ``$XDG_CACHE_HOME/cellgen/datasets`` (default
+``~/.cache/cellgen/datasets``); a set lives there as ``NAME-VERSION.h5`` only after its
+sha256 was checked. Downloads go to ``NAME-VERSION.h5.part`` first and resume from it with
+HTTP Range requests.
+
+Public API: :func:`load_registry`, :func:`resolve`, :func:`cache_dir`, :func:`cached_path`,
+:func:`download`, :func:`build`, :func:`parse_name`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tqdm import tqdm
+
+from cellgen.checkpoint import sha256_of
+from cellgen.errors import CellgenError
+
+REGISTRY_FILE = Path(__file__).resolve().parent.parent / "data" / "registry.json"
+CHUNK = 1 << 16
+
+
+def load_registry(path=None) -> dict:
+    path = Path(path or os.environ.get("CELLGEN_REGISTRY") or REGISTRY_FILE)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CellgenError(f"dataset registry not found: {path}") from None
+    except ValueError as err:
+        raise CellgenError(f"dataset registry {path} is not valid JSON: {err}") from None
+    if not isinstance(data.get("sets"), dict):
+        raise CellgenError(f"dataset registry {path} has no 'sets' table")
+    return data
+
+
+def parse_name(text: str) -> tuple[str, str | None]:
+    name, _, version = text.partition("@")
+    return name, (version or None)
+
+
+def resolve(text: str, registry: dict | None = None) -> tuple[str, str, dict]:
+    """``NAME[@VERSION]`` -> (name, version, entry); latest version when none is given."""
+    registry = registry or load_registry()
+    name, version = parse_name(text)
+    sets = registry["sets"]
+    if name not in sets:
+        raise CellgenError(f"unknown dataset '{name}'; 'cellgen datasets list' shows: {', '.join(sets)}")
+    versions = sets[name]["versions"]
+    version = version or sets[name]["latest"]
+    if version not in versions:
+        raise CellgenError(f"dataset '{name}' has no version '{version}'; versions: {', '.join(versions)}")
+    return name, version, versions[version]
+
+
+def cache_dir() -> Path:
+    if os.environ.get("CELLGEN_DATA"):
+        return Path(os.environ["CELLGEN_DATA"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "cellgen" / "datasets"
+
+
+def cached_path(name: str, version: str) -> Path:
+    return cache_dir() / f"{name}-{version}.h5"
+
+
+def _check_sha(path: Path, expected: str | None, what: str) -> str:
+    digest = sha256_of(path)
+    if expected and digest != expected:
+        raise CellgenError(f"{what}: sha256 {digest[:16]}... does not match the registered {expected[:16]}...")
+    return digest
+
+
+def download(text: str, url: str | None = None, progress: bool = True, timeout: float = 30.0,
+             registry: dict | None = None) -> Path:
+    """Fetch a registered set into the cache (resuming a partial download) and verify it."""
+    name, version, entry = resolve(text, registry)
+    target = cached_path(name, version)
+    expected = entry.get("sha256")
+    if target.exists():
+        if not expected or sha256_of(target) == expected:
+            return target
+        target.unlink()  # a cached file that no longer matches is never handed out
+    urls = [url] if url else list(entry.get("urls", [])) + list(entry.get("mirrors", []))
+    if not urls:
+        raise CellgenError(
+            f"{name}@{version} has no published download address; rebuild it with "
+            f"'cellgen datasets build {name}@{version}' or pass --url MIRROR"
+        )
+    if not expected:
+        raise CellgenError(f"{name}@{version} has no registered sha256, so a download could not be checked")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + ".part")
+    errors = []
+    for address in urls:
+        try:
+            _fetch(address, part, entry.get("size_bytes"), progress, timeout)
+        except CellgenError as err:
+            errors.append(str(err))
+            continue
+        digest = sha256_of(part)
+        if digest != expected:
+            part.unlink()
+            errors.append(f"{address}: checksum mismatch (got {digest[:16]}..., expected {expected[:16]}...); "
+                          "the download was discarded")
+            continue
+        os.replace(part, target)
+        return target
+    raise CellgenError("; ".join(errors))
+
+
+def _fetch(url: str, part: Path, size: int | None, progress: bool, timeout: float) -> None:
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "cellgen"})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and have:  # the partial file is already complete
+            return
+        raise CellgenError(f"{url}: server answered HTTP {err.code} {err.reason}") from None
+    except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise CellgenError(f"cannot reach {url} ({reason}); offline? 'cellgen datasets build' needs no network") from None
+    with response:
+        if have and response.status != 206:
+            have = 0  # the server ignored the Range request: start over
+        length = response.headers.get("Content-Length")
+        total = have + int(length) if length is not None else size
+        mode = "ab" if have else "wb"
+        bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=part.name[:-5], disable=not progress)
+        try:
+            with open(part, mode) as fh:
+                while True:
+                    block = response.read(CHUNK)
+                    if not block:
+                        break
+                    fh.write(block)
+                    bar.update(len(block))
+        except (OSError, socket.timeout, ConnectionError) as err:
+            got = part.stat().st_size if part.exists() else 0
+            raise CellgenError(f"download from {url} broke off after {got} bytes ({err}); "
+                               "rerun the same command to resume") from None
+        finally:
+            bar.close()
+    got = part.stat().st_size
+    if total is not None and got < total:
+        raise CellgenError(f"download from {url} ended after {got} of {total} bytes; rerun the same command to resume")
+
+
+def build(text: str, output=None, check: bool = True, progress: bool = True, registry: dict | None = None) -> tuple[Path, str]:
+    """Rebuild a registered set from its recipe; returns (path, sha256).
+
+    With ``check`` the result must have the registered sha256: only then is it moved to
+    ``output`` (default: the cache). Without ``check`` it is written and its sha256 printed,
+    which is how a new registry entry gets its checksum.
+    """
+    name, version, entry = resolve(text, registry)
+    recipe = entry.get("recipe")
+    if not recipe:
+        raise CellgenError(f"{name}@{version} has no recipe to build from")
+    target = Path(output) if output else cached_path(name, version)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.building")
+    if staging.exists():
+        staging.unlink()
+    _run_recipe(recipe, staging, command=f"cellgen datasets build {name}@{version}", progress=progress)
+    digest = sha256_of(staging)
+    expected = entry.get("sha256")
+    if check and expected and digest != expected:
+        staging.unlink()
+        raise CellgenError(
+            f"rebuilt {name}@{version} has sha256 {digest}, the registry says {expected}: this cellgen "
+            f"(or its h5py/HDF5) differs from the one that registered it; nothing was kept"
+        )
+    os.replace(staging, target)
+    return target, digest
+
+
+def _run_recipe(recipe: dict, path: Path, command: str, progress: bool) -> None:
+    from cellgen.density import TierScheme
+    from cellgen.simulate import SimulationConfig
+
+    builder = recipe.get("builder")
+    tiers = TierScheme.from_json(json.dumps(recipe["tiers"])) if "tiers" in recipe else None
+    common = dict(command=command, progress=progress, overwrite=True)
+    if tiers is not None:
+        common["tiers"] = tiers
+    if builder == "simulate-graded":
+        from cellgen.pipeline import simulate_graded_set
+
+        cfg = SimulationConfig(**recipe["config"])
+        simulate_graded_set(path, cfg, [tuple(g) for g in recipe["groups"]], seed=recipe["seed"],
+                            variants=recipe["variants"], **common)
+    elif builder == "simulate":
+        from cellgen.pipeline import simulate_set
+
+        cfg = recipe["config"]
+        if isinstance(cfg.get("count"), list):
+            cfg = dict(cfg, count=tuple(cfg["count"]))
+        simulate_set(path, SimulationConfig(**cfg), recipe["n"], seed=recipe["seed"], variants=recipe["variants"],
+                     **common)
+    elif builder == "real":
+        from cellgen.datasets.real import build_real_set
+
+        build_real_set(recipe["name"], path, overwrite=True)
+    else:
+        raise CellgenError(f"recipe builder '{builder}' is not known to this cellgen; upgrade cellgen")
