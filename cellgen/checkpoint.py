@@ -19,24 +19,19 @@ Public API: :func:`save_checkpoint`, :func:`load_checkpoint`, :func:`load_into`,
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import torch
 
 from cellgen.errors import CellgenError
-from cellgen.fileio import atomic_path
+from cellgen.fileio import atomic_path, file_digest
 
 FORMAT = "cellgen-checkpoint"
 
 
 def sha256_of(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def save_checkpoint(path, kind: str, config: dict, state_dict: dict, extra: dict | None = None,

@@ -11,7 +11,6 @@ import click
 from cellgen import __version__
 from cellgen.errors import CellgenError
 
-
 _NOT_CONTENT = {"--overwrite", "-q", "--quiet"}
 _OUTPUT = {"-o", "--output"}
 

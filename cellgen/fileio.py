@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -33,3 +34,12 @@ def atomic_path(path):
 def _remove(tmp):
     with contextlib.suppress(FileNotFoundError):
         os.remove(tmp)
+
+
+def file_digest(path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file, read in blocks (files may be gigabytes)."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -6,7 +6,7 @@ from cellgen.pipeline import simulate_set
 from cellgen.simulate import SimulationConfig
 
 
-def f1_at(truth: np.ndarray, pred: np.ndarray, threshold: float) -> float:
+def f1_at(truth: np.ndarray, pred: np.ndarray, threshold: float = 0.5) -> float:
     """Instance F1 at an IoU threshold, by optimal matching (test-side helper)."""
     truth = np.unique(truth, return_inverse=True)[1].reshape(truth.shape)
     pred = np.unique(pred, return_inverse=True)[1].reshape(pred.shape)

@@ -17,24 +17,10 @@ from cellgen.bench.methods import METHODS, Method, MethodUnavailable, get_method
 from cellgen.bench.methods.base import Segmentation
 from cellgen.errors import CellgenError
 from cellgen.simulate import SimulationConfig, simulate_image
+from tests.conftest import f1_at
 
 PIXEL_SIZE = 0.5
 
-
-def f1_at(true: np.ndarray, pred: np.ndarray, iou: float = 0.5) -> float:
-    """F1 of one-to-one matches with IoU > iou (above 0.5 a match is unique, so no solver)."""
-    true = np.asarray(true, np.int64)
-    pred = np.asarray(pred, np.int64)
-    nt, npr = int(true.max()), int(pred.max())
-    if nt == 0 or npr == 0:
-        return float(nt == npr)
-    inter = np.bincount(true.ravel() * (npr + 1) + pred.ravel(), minlength=(nt + 1) * (npr + 1))
-    inter = inter.reshape(nt + 1, npr + 1)
-    area_t, area_p = inter.sum(1), inter.sum(0)
-    ious = inter / np.maximum(area_t[:, None] + area_p[None, :] - inter, 1)
-    tp = int((ious[1:, 1:] > iou).sum())
-    n_true, n_pred = int((area_t[1:] > 0).sum()), int((area_p[1:] > 0).sum())
-    return 2 * tp / (n_true + n_pred)
 
 
 def test_f1_helper():

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
-import hashlib
 import json
 import multiprocessing
 import time
@@ -27,7 +26,7 @@ from cellgen.bench.methods import get_method
 from cellgen.bench.methods.base import Method, Segmentation, check_image
 from cellgen.datasets.h5 import BenchmarkSet
 from cellgen.errors import CellgenError
-from cellgen.fileio import atomic_path
+from cellgen.fileio import atomic_path, file_digest
 from cellgen.masks import Masks
 
 COMPARTMENTS = ("cell", "nucleus")
@@ -90,14 +89,6 @@ def load_records(results_dir) -> list[dict]:
         rec["scores"] = _decode(rec["scores"])
         records.append(rec)
     return records
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # -- one unit of work, in this process or a worker ---------------------------------------
@@ -169,7 +160,7 @@ def run_bench(
 
     settings = {
         "data": str(Path(data).resolve()),
-        "data_sha256": _file_sha256(Path(data)),
+        "data_sha256": file_digest(data),
         "method": method.describe(),
         "options": options,
         "variants": variants,

@@ -15,7 +15,6 @@ Install: ``pip install cellpose==3.1.1.3`` (the 3.x API; 4.x dropped ``channels`
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import os
 import shutil
@@ -28,6 +27,7 @@ import numpy as np
 
 from cellgen.bench.methods.base import Method, MethodUnavailable, Segmentation, check_image
 from cellgen.errors import CellgenError
+from cellgen.fileio import file_digest
 
 PIP_COMMAND = "pip install cellpose==3.1.1.3"
 _MODEL_URL = "https://www.cellpose.org/models"
@@ -77,11 +77,7 @@ def models_dir() -> Path:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def _weights_basename(name: str) -> str:

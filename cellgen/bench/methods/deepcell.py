@@ -48,6 +48,7 @@ import numpy as np
 
 from cellgen.bench.methods.base import Method, MethodUnavailable, Segmentation, check_image
 from cellgen.errors import CellgenError
+from cellgen.fileio import file_digest
 
 DEEPCELL_VERSION = "0.12.10"
 ENV_NAME = f"deepcell-{DEEPCELL_VERSION}"
@@ -707,11 +708,7 @@ _COMPARTMENT_ALIASES = {
 
 
 def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_digest(path, "md5")
 
 
 class DeepCellMesmer(Method):

@@ -141,8 +141,8 @@ def serve(model_path, verbose):
     t0 = time.perf_counter()
     try:
         tf = quiet_tensorflow(verbose)
-        import numpy as np
         import deepcell
+        import numpy as np
         from deepcell.applications import Mesmer
 
         if model_path:
