@@ -118,3 +118,41 @@ def simulate_graded_set(path, config: SimulationConfig, groups: list[tuple[int, 
         path, len(counts), source, image_size=(config.size, config.size), pixel_size_um=config.pixel_size_um,
         recipe=recipe, **kwargs,
     )
+
+
+def generated_set(path, generator, pairs: list[tuple[int, float]], *, renderer=None, pixel_size_um: float,
+                  batch_size: int = 8, recipe_extra: dict | None = None, **kwargs):
+    """A benchmark set from the contour generator (and the renderer, when given).
+
+    ``pairs`` lists the (seed, psi) of every image in order. Work is done ``batch_size``
+    images at a time: label maps for the batch, exact masks, then rendering of the batch;
+    the writer still streams image by image.
+    """
+    from cellgen.density_control import masks_from_scores
+
+    pairs = [(int(s), float(p)) for s, p in pairs]
+    if renderer is None:
+        kwargs["variants"] = []  # a masks-only set has no images to add noise to
+    cache: dict[int, SourceItem] = {}
+
+    def source(i: int) -> SourceItem:
+        if i not in cache:
+            cache.clear()
+            chunk = range(i, min(i + batch_size, len(pairs)))
+            ws = generator.w_from_seeds([pairs[k][0] for k in chunk])
+            ws = np.concatenate([generator.truncate(ws[j:j + 1], pairs[k][1]) for j, k in enumerate(chunk)])
+            masks = masks_from_scores(generator.label_maps_from_w(ws))
+            images = [None] * len(masks)
+            if renderer is not None:
+                images = renderer.render_batch(np.stack([m.semantic for m in masks]),
+                                               np.stack([m.cell for m in masks]), np.stack([m.nucleus for m in masks]))
+            for j, k in enumerate(chunk):
+                cache[k] = SourceItem(masks[j], images[j], pairs[k][0], pairs[k][1], source="stylegan2")
+        return cache[i]
+
+    size = generator.resolution
+    recipe = {"source": "stylegan2", "pairs": [list(p) for p in pairs], "generator_sha256": generator.sha256,
+              "renderer_sha256": renderer.sha256 if renderer is not None else "", **(recipe_extra or {})}
+    return write_set(path, len(pairs), source, image_size=(size, size), pixel_size_um=pixel_size_um,
+                     with_images=renderer is not None, recipe=recipe, generator_sha256=generator.sha256,
+                     renderer_sha256=renderer.sha256 if renderer is not None else "", **kwargs)
