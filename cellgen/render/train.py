@@ -1,0 +1,366 @@
+"""Training the pix2pixHD renderer on image + mask pairs (resumable, CPU or CUDA).
+
+Objective as the paper / official code: LSGAN (discriminator on the concatenated
+input-label + image, ``num_D`` scales), discriminator feature matching (``lambda_feat``
+10), optional VGG19 perceptual loss (only with a local weights file; off by default). The
+discriminator loss is ``0.5 * (D_fake + D_real)``; no image pool (official default
+``pool_size`` 0). Adam (lr 2e-4, beta1 0.5, beta2 0.999); the learning rate is constant
+for the first ``niter`` steps and decays linearly to 0 over the last ``niter_decay`` steps
+(the paper's 100 + 100 epochs; here counted in steps, half and half by default).
+
+Data: a benchmark set or an export folder (:mod:`cellgen.render.data`). Each step draws
+``batch`` images, a random ``size`` x ``size`` crop of each (the whole image when it is not
+larger) and, with ``augment``, a random flip / 90 degree rotation. All randomness of step
+``k`` comes from a generator seeded by ``(seed, k)``, so a resumed run repeats exactly what
+an uninterrupted run would have done.
+
+Outputs in ``out_dir``:
+
+* ``snapshot.pt`` / ``.json``: kind ``renderer-training`` (G in ``state_dict``; D, both
+  optimiser states, step, torch RNG state in ``extra``), rewritten atomically every tick;
+* ``log.jsonl``: one JSON object per line (a ``start`` record, one per tick, an ``end``);
+* ``samples/step_NNNNNNN.png``: per tick, rows of mask | real | rendered (RGB: green
+  cytoplasm, blue nucleus, edges white on the mask);
+* ``renderer.pt`` / ``.json``: kind ``renderer``, the final generator plus info (data,
+  steps, wall time, device).
+
+Public API: :func:`train_renderer`, :func:`lr_at`, :data:`SNAPSHOT_KIND`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from cellgen.checkpoint import load_checkpoint, load_into, save_checkpoint
+from cellgen.errors import CellgenError
+from cellgen.fileio import atomic_path
+from cellgen.render import networks
+from cellgen.render.data import open_pairs
+from cellgen.render.renderer import KIND, resolve_device
+
+SNAPSHOT_KIND = "renderer-training"
+
+
+def lr_at(step: int, lr: float, niter: int, niter_decay: int) -> float:
+    """Learning rate for step ``step`` (0-based): constant, then linear decay towards 0."""
+    if step < niter or niter_decay <= 0:
+        return lr
+    return lr * max(0.0, 1.0 - (step - niter) / niter_decay)
+
+
+def _to_cpu(obj):
+    if torch.is_tensor(obj):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def _crop_side(n: int, size: int, factor: int) -> int:
+    side = min(size, n) // factor * factor
+    if side <= 0:
+        raise CellgenError(f"training images of side {n} are smaller than the network's downsampling factor {factor}")
+    return side
+
+
+def _augment(arrays, k: int, flip: bool):
+    out = []
+    for a in arrays:
+        a = np.rot90(a, k, axes=(-2, -1))
+        if flip:
+            a = a[..., ::-1]
+        out.append(np.ascontiguousarray(a))
+    return out
+
+
+def _batch(source, step: int, seed: int, batch: int, ch: int, cw: int, augment: bool):
+    rng = np.random.default_rng([int(seed), int(step)])
+    idx = rng.integers(0, len(source), size=batch)
+    imgs, sems, cells, nucs = [], [], [], []
+    for i in idx:
+        p = source.get(int(i))
+        h, w = p.semantic.shape
+        y0 = int(rng.integers(0, h - ch + 1))
+        x0 = int(rng.integers(0, w - cw + 1))
+        sl = (slice(y0, y0 + ch), slice(x0, x0 + cw))
+        arrs = [p.image[(slice(None),) + sl], p.semantic[sl], p.cell[sl], p.nucleus[sl]]
+        if augment:
+            k = int(rng.integers(0, 4)) if ch == cw else 2 * int(rng.integers(0, 2))
+            arrs = _augment(arrs, k, bool(rng.integers(0, 2)))
+        for lst, a in zip((imgs, sems, cells, nucs), arrs):
+            lst.append(a)
+    return np.stack(imgs), np.stack(sems), np.stack(cells), np.stack(nucs)
+
+
+def _to_rgb(image: np.ndarray) -> np.ndarray:
+    """(2, H, W) [0, 1] -> (H, W, 3) uint8 RGB, green cytoplasm, blue nucleus."""
+    rgb = np.zeros(image.shape[1:] + (3,), np.float32)
+    rgb[..., 1] = image[1]
+    rgb[..., 2] = image[0]
+    return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def _mask_rgb(x: np.ndarray) -> np.ndarray:
+    """(4, H, W) generator input -> RGB: cytoplasm green, nucleus blue, edges white."""
+    rgb = np.zeros(x.shape[1:] + (3,), np.float32)
+    rgb[..., 1] = x[2] * 0.6
+    rgb[..., 2] = x[1] * 0.8
+    rgb[x[3] > 0] = 1.0
+    return (rgb * 255 + 0.5).astype(np.uint8)
+
+
+def write_triptych(path: Path, inputs: torch.Tensor, real: np.ndarray, fake: np.ndarray) -> None:
+    """PNG: one row per image, columns mask | real | rendered."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.image as mpimg
+
+    rows = []
+    for x, r, f in zip(inputs.cpu().numpy(), real, fake):
+        sep = np.full((x.shape[1], 2, 3), 128, np.uint8)
+        rows.append(np.concatenate([_mask_rgb(x), sep, _to_rgb(r), sep, _to_rgb(f)], axis=1))
+    hsep = np.full((2, rows[0].shape[1], 3), 128, np.uint8)
+    grid = np.concatenate([np.concatenate([r, hsep], 0) for r in rows], 0)[:-2]
+    with atomic_path(path) as tmp:
+        mpimg.imsave(tmp, grid, format="png")
+
+
+def _describe(data) -> str:
+    return str(Path(data).resolve())
+
+
+def train_renderer(
+    data,
+    out_dir,
+    preset: str = "small256",
+    *,
+    steps: int | None = None,
+    epochs: float | None = None,
+    batch: int = 1,
+    seed: int = 0,
+    device: str = "cpu",
+    resume: bool = True,
+    progress: bool = True,
+    tick: int | None = None,
+    decay_fraction: float = 0.5,
+    augment: bool = True,
+    vgg_weights=None,
+    config_overrides: dict | None = None,
+    n_samples: int = 3,
+    max_minutes: float | None = None,
+    threads: int | None = None,
+    log=None,
+) -> Path:
+    """Train (or resume training) a renderer on ``data``; returns the path of ``renderer.pt``.
+
+    Exactly one of ``steps`` (optimiser steps) and ``epochs`` (passes over the images,
+    ``ceil(n / batch)`` steps each) sets the length. The last ``decay_fraction`` of the
+    steps decays the learning rate linearly to zero. ``tick`` (default: ~20 per run, at
+    most every 500 steps) is how often a snapshot, a sample PNG and a log line are written.
+    ``max_minutes`` stops early (after a snapshot) so a later call can resume; the return
+    value is then the snapshot path. ``threads`` sets torch's CPU thread count for the
+    call (restored afterwards; on a CPU shared with other jobs, 1 is often fastest).
+    ``log`` is a callable for human-readable messages (default ``tqdm.write`` when
+    ``progress``, else silent).
+    """
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        return _train(data, out_dir, preset, steps=steps, epochs=epochs, batch=batch, seed=seed, device=device,
+                      resume=resume, progress=progress, tick=tick, decay_fraction=decay_fraction, augment=augment,
+                      vgg_weights=vgg_weights, config_overrides=config_overrides, n_samples=n_samples,
+                      max_minutes=max_minutes, log=log)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _train(data, out_dir, preset, *, steps, epochs, batch, seed, device, resume, progress, tick, decay_fraction,
+           augment, vgg_weights, config_overrides, n_samples, max_minutes, log) -> Path:
+    say = log if log is not None else (tqdm.write if progress else (lambda msg: None))
+    out_dir = Path(out_dir)
+    dev = resolve_device(device)
+    config = networks.make_config(preset, **(config_overrides or {}))
+    if batch < 1:
+        raise CellgenError(f"batch must be >= 1, got {batch}")
+    if not 0.0 <= decay_fraction <= 1.0:
+        raise CellgenError(f"decay_fraction must lie in [0, 1], got {decay_fraction}")
+    source = open_pairs(data)
+    try:
+        n = len(source)
+        if (steps is None) == (epochs is None):
+            raise CellgenError("give exactly one of steps or epochs")
+        total = int(steps) if steps is not None else int(math.ceil(float(epochs) * math.ceil(n / batch)))
+        if total < 1:
+            raise CellgenError(f"training needs at least one step, got {total}")
+        niter_decay = int(round(total * decay_fraction))
+        niter = total - niter_decay
+        tick = int(tick) if tick else max(1, min(500, total // 20 or 1))
+        factor = networks.downsampling_factor(config)
+        h, w = source.shape
+        ch, cw = _crop_side(h, config["size"], factor), _crop_side(w, config["size"], factor)
+        training = {"data": _describe(data), "n_images": n, "steps": total, "niter": niter, "niter_decay": niter_decay,
+                    "batch": int(batch), "seed": int(seed), "augment": bool(augment), "crop": [ch, cw],
+                    "vgg_weights": str(vgg_weights) if vgg_weights else None}
+
+        torch.manual_seed(seed)
+        G = networks.build_generator(config).to(dev)
+        D = networks.build_discriminator(config).to(dev)
+        opt_G = torch.optim.Adam(G.parameters(), lr=config["lr"], betas=(config["beta1"], 0.999))
+        opt_D = torch.optim.Adam(D.parameters(), lr=config["lr"], betas=(config["beta1"], 0.999))
+        gan_loss = networks.GANLoss()
+        vgg = networks.VGGLoss(vgg_weights).to(dev) if vgg_weights else None
+
+        step, wall_before = 0, 0.0
+        snap = out_dir / "snapshot.pt"
+        if resume and snap.exists():
+            ck = load_checkpoint(snap, SNAPSHOT_KIND)
+            saved = ck["config"]
+            if saved.get("model") != config:
+                diff = sorted(k for k in set(config) | set(saved.get("model", {}))
+                              if config.get(k) != saved.get("model", {}).get(k))
+                raise CellgenError(f"{snap} was written with another renderer config (differs in: {', '.join(diff)}); "
+                                   "use another output folder or resume=False to start over")
+            keep = ("n_images", "steps", "niter", "niter_decay", "batch", "seed", "augment", "crop")
+            diff = [k for k in keep if saved["training"].get(k) != training[k]]
+            if diff:
+                raise CellgenError(f"{snap} was written with other training settings (differs in: {', '.join(diff)}); "
+                                   "use another output folder or resume=False to start over")
+            load_into(G, ck["state_dict"], source=f"{snap} (G)")
+            ex = ck["extra"]
+            load_into(D, ex["D"], source=f"{snap} (D)")
+            opt_G.load_state_dict(ex["opt_G"])
+            opt_D.load_state_dict(ex["opt_D"])
+            torch.set_rng_state(ex["rng_torch"])
+            step = int(ex["step"])
+            wall_before = float(ex.get("wall_s", 0.0))
+            say(f"resuming {snap} at step {step} of {total}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        logf = out_dir / "log.jsonl"
+
+        def write_log(record: dict):
+            with open(logf, "a") as fh:
+                fh.write(json.dumps(record, sort_keys=True) + "\n")
+
+        vgg_note = (f"VGG19 perceptual loss on (weights {vgg_weights})" if vgg else
+                    "VGG19 perceptual loss off (pass vgg_weights=PATH of a local VGG19 state dict to enable it)")
+        say(vgg_note)
+        write_log({"event": "start" if step == 0 else "resume", "step": step, "config": config, "training": training,
+                   "device": str(dev), "n_params_G": networks.count_parameters(G),
+                   "n_params_D": networks.count_parameters(D), "vgg_loss": vgg_note, "time": time.time()})
+
+        # fixed sample images (centre crops) for the per-tick triptychs
+        sample_idx = list(range(min(n_samples, n)))
+        samples = []
+        for i in sample_idx:
+            p = source.get(i)
+            y0, x0 = (h - ch) // 2, (w - cw) // 2
+            sl = (slice(y0, y0 + ch), slice(x0, x0 + cw))
+            samples.append((p.image[(slice(None),) + sl], p.semantic[sl], p.cell[sl], p.nucleus[sl]))
+
+        def save_snapshot(wall: float):
+            extra = {"D": _to_cpu(D.state_dict()), "opt_G": _to_cpu(opt_G.state_dict()),
+                     "opt_D": _to_cpu(opt_D.state_dict()), "step": int(step), "rng_torch": torch.get_rng_state(),
+                     "wall_s": float(wall)}
+            save_checkpoint(snap, SNAPSHOT_KIND, {"model": config, "training": training}, G.state_dict(), extra=extra,
+                            info={"step": int(step), "steps": total, "wall_s": wall})
+
+        def write_samples():
+            if not samples:
+                return
+            G.eval()
+            with torch.inference_mode():
+                x = networks.encode_masks(np.stack([s[1] for s in samples]), np.stack([s[2] for s in samples]),
+                                          np.stack([s[3] for s in samples]), device=dev)
+                fake = networks.to_unit(G(x)).cpu().numpy()
+            G.train()
+            write_triptych(out_dir / "samples" / f"step_{step:07d}.png", x, np.stack([s[0] for s in samples]), fake)
+
+        t0 = time.time()
+        sums: dict[str, float] = {}
+        count = 0
+        bar = tqdm(total=total, initial=step, desc="training renderer", unit="step", disable=not progress)
+        stopped_early = False
+        G.train()
+        D.train()
+        while step < total:
+            lr = lr_at(step, config["lr"], niter, niter_decay)
+            for o in (opt_G, opt_D):
+                for g in o.param_groups:
+                    g["lr"] = lr
+            img, sem, cel, nuc = _batch(source, step, seed, batch, ch, cw, augment)
+            x = networks.encode_masks(sem, cel, nuc, device=dev)
+            real = networks.to_tanh(torch.from_numpy(img).to(dev))
+            fake = G(x)
+
+            # as the official code: D scores detached fake, real and fake with the same
+            # (pre-update) weights; then G steps, then D steps
+            pred_fake_d = D(torch.cat([x, fake.detach()], 1))
+            pred_real = D(torch.cat([x, real], 1))
+            pred_fake = D(torch.cat([x, fake], 1))
+            loss_d_fake = gan_loss(pred_fake_d, False)
+            loss_d_real = gan_loss(pred_real, True)
+            loss_g_gan = gan_loss(pred_fake, True)
+            loss_g_feat = (torch.zeros((), device=dev) if config["no_ganFeat_loss"] else
+                           networks.feature_matching_loss(pred_fake, pred_real, config["n_layers_D"],
+                                                          config["num_D"], config["lambda_feat"]))
+            loss_g_vgg = vgg(fake, real) * config["lambda_feat"] if vgg is not None else torch.zeros((), device=dev)
+            loss_g = loss_g_gan + loss_g_feat + loss_g_vgg
+            loss_d = 0.5 * (loss_d_fake + loss_d_real)
+            opt_G.zero_grad(set_to_none=True)
+            loss_g.backward()
+            opt_G.step()
+            opt_D.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_D.step()
+
+            losses = {"G_GAN": loss_g_gan, "G_GAN_Feat": loss_g_feat, "G_VGG": loss_g_vgg,
+                      "D_real": loss_d_real, "D_fake": loss_d_fake}
+            vals = {k: float(v.detach()) for k, v in losses.items()}
+            if not all(math.isfinite(v) for v in vals.values()):
+                raise CellgenError(f"training diverged at step {step}: losses {vals}")
+            for k, v in vals.items():
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
+            step += 1
+            bar.update(1)
+            out_of_time = max_minutes is not None and (time.time() - t0) > 60.0 * max_minutes
+            if step % tick == 0 or step == total or out_of_time:
+                wall = wall_before + time.time() - t0
+                save_snapshot(wall)
+                write_samples()
+                means = {k: v / count for k, v in sums.items()}
+                write_log({"event": "tick", "step": step, "lr": lr, "wall_s": round(wall, 3), **means})
+                bar.set_postfix({k: f"{v:.3f}" for k, v in means.items() if k != "G_VGG" or vgg is not None})
+                sums, count = {}, 0
+                if out_of_time and step < total:
+                    stopped_early = True
+                    break
+        bar.close()
+        wall = wall_before + time.time() - t0
+        if stopped_early:
+            say(f"stopped after {max_minutes} min at step {step} of {total}; run again to resume")
+            write_log({"event": "paused", "step": step, "wall_s": wall})
+            return snap
+        info = {"data": training["data"], "n_images": n, "steps": total, "batch": batch, "seed": seed,
+                "wall_time_s": round(wall, 1), "device": str(dev),
+                "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+                "torch": torch.__version__, "vgg_loss": bool(vgg), "preset": preset}
+        final = out_dir / "renderer.pt"
+        save_checkpoint(final, KIND, config, G.state_dict(), info=info)
+        write_log({"event": "end", "step": step, "wall_s": round(wall, 3), "renderer": str(final)})
+        say(f"renderer written to {final} ({total} steps, {wall / 60:.1f} min)")
+        return final
+    finally:
+        source.close()
