@@ -90,6 +90,124 @@ def simulate(output, n_images, count, density, size, seed, pixel_size, cell_radi
     _print_summary(path)
 
 
+def _parse_seeds(text: str) -> list[int]:
+    """``0-299``, ``1,5,9`` or a mix (``0-9,20-29``) -> list of seeds, in order."""
+    seeds = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            lo, sep, hi = part.partition("-") if not part.startswith("-") else (part, "", "")
+            seeds.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+    except ValueError:
+        raise click.BadParameter(f"expected seeds like 0-299 or 1,5,9, got {text!r}", param_hint="--seeds") from None
+    if not seeds:
+        raise click.BadParameter("no seeds given", param_hint="--seeds")
+    return seeds
+
+
+def _parse_floats(text: str, name: str) -> list[float]:
+    try:
+        values = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}", param_hint=name) from None
+    if not values:
+        raise click.BadParameter("no values given", param_hint=name)
+    return values
+
+
+def _generator(checkpoint, device):
+    from cellgen.gen.generator import ContourGenerator
+
+    return ContourGenerator.load(checkpoint or _default_checkpoint("generator"), device=device)
+
+
+def _default_checkpoint(kind: str):
+    from cellgen.defaults import default_checkpoint
+
+    return default_checkpoint(kind)
+
+
+@cli.command()
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="HDF5 benchmark set to write.")
+@click.option("--checkpoint", help="Contour generator (.pt, or an official stylegan2-ada .pkl) [default: shipped].")
+@click.option("--renderer", help="Renderer checkpoint (.pt) [default: shipped; 'none' for masks only].")
+@click.option("--psi", default="1", show_default=True, help="Truncation psi value(s), comma-separated; any real.")
+@click.option("--seeds", default="0-9", show_default=True, help="Seeds: 0-299, 1,5,9 ... (each seed x each psi).")
+@click.option("--tier", "target_tier", help="Targeted: draw (seed, psi) until --n masks fall in this density tier.")
+@click.option("--count", "target_count", help="Targeted: draw until --n masks have LOW:HIGH cells.")
+@click.option("--n", "n_target", type=click.IntRange(1), help="Images to collect with --tier/--count.")
+@click.option("--variants", default="clean,gaussian,poisson", show_default=True, help="Image variants (with a renderer).")
+@click.option("--pixel-size", type=click.FloatRange(min=0, min_open=True), help="um/px [default: the generator's training data].")
+@click.option("--tier-measure", default="cells_per_mm2", show_default=True)
+@click.option("--tier-thresholds", default="700,1600", show_default=True)
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--overwrite", is_flag=True)
+@click.option("-q", "--quiet", is_flag=True)
+def sample(output, checkpoint, renderer, psi, seeds, target_tier, target_count, n_target, variants, pixel_size,
+           tier_measure, tier_thresholds, batch_size, device, overwrite, quiet):
+    """Generate a benchmark set: contours -> exact masks -> rendered images -> noise variants."""
+    from cellgen.density import TierScheme
+    from cellgen.pipeline import generated_set
+
+    psis, seed_list = _parse_floats(psi, "--psi"), _parse_seeds(seeds)  # bad options fail before models load
+    gen = _generator(checkpoint, device)
+    rend = None
+    if (renderer or "").lower() != "none":
+        from cellgen.render.renderer import Renderer
+
+        rend = Renderer.load(renderer or _default_checkpoint("renderer"), device=device)
+    pixel_size = pixel_size or float(gen.info.get("pixel_size_um", 0.5))
+    tiers = TierScheme.parse(tier_measure, tier_thresholds)
+    extra = {}
+    if target_tier or target_count:
+        if not n_target:
+            raise click.UsageError("--tier/--count need --n (how many images to collect)")
+        from cellgen.density_control import targeted_draws
+
+        if target_tier:
+            if target_tier not in tiers.names:
+                raise click.BadParameter(f"choose from {', '.join(tiers.names)}", param_hint="--tier")
+            accept = lambda m: tiers.assign(m[tiers.measure]) == target_tier  # noqa: E731
+        else:
+            lo, hi = _parse_count(target_count) if ":" in target_count else (int(target_count),) * 2
+            accept = lambda m: lo <= m["count"] <= hi  # noqa: E731
+        accepted, draws = targeted_draws(gen, accept, n_target, psis, pixel_size, first_seed=seed_list[0],
+                                         batch_size=batch_size)
+        pairs = [(a[0], a[1]) for a in accepted]
+        extra = {"target": {"tier": target_tier, "count": target_count, "n": n_target, "draws": draws}}
+        if not quiet:
+            click.echo(f"accepted {len(pairs)} of {draws} draws")
+    else:
+        pairs = [(s, p) for s in seed_list for p in psis]
+    path = generated_set(output, gen, pairs, renderer=rend, pixel_size_um=pixel_size, batch_size=batch_size,
+                         recipe_extra=extra, variants=_parse_list(variants), tiers=tiers, command=_command_line(),
+                         overwrite=overwrite, progress=not quiet)
+    _print_summary(path)
+
+
+@cli.command()
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Set whose masks to render.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="New set with images.")
+@click.option("--checkpoint", help="Renderer checkpoint [default: shipped].")
+@click.option("--variants", default="clean,gaussian,poisson", show_default=True)
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--overwrite", is_flag=True)
+@click.option("-q", "--quiet", is_flag=True)
+def render(data, output, checkpoint, variants, batch_size, device, overwrite, quiet):
+    """Render images for a set's masks into a new set, for example a masks-only set."""
+    from cellgen.pipeline import rendered_set
+    from cellgen.render.renderer import Renderer
+
+    rend = Renderer.load(checkpoint or _default_checkpoint("renderer"), device=device)
+    path = rendered_set(output, data, rend, batch_size=batch_size, variants=_parse_list(variants),
+                        command=_command_line(), overwrite=overwrite, progress=not quiet)
+    _print_summary(path)
+
+
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
@@ -116,6 +234,137 @@ def export_cmd(file, out_dir, fmt, variants, quiet):
 
     export_set(file, out_dir, fmt, _parse_list(variants) if variants else None, progress=not quiet)
     click.echo(f"exported {file} to {out_dir}")
+
+
+@cli.group(cls=_Group)
+def train():
+    """Train the contour generator or the renderer on your own masks and images."""
+
+
+@train.command("contours")
+@click.option("--data", required=True, type=click.Path(), help="Benchmark set (HDF5) or folder of exported masks.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Run folder (resumable).")
+@click.option("--preset", default="small256", show_default=True, type=click.Choice(["tiny", "small256", "paper512"]))
+@click.option("--kimg", type=float, help="Training length in thousands of real images shown.")
+@click.option("--steps", type=click.IntRange(1), help="Training length in generator steps (instead of --kimg).")
+@click.option("--batch", type=click.IntRange(1), help="Batch size [default: the preset's].")
+@click.option("--augment", default="ada", show_default=True, help="ada, none, or a fixed probability.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--no-resume", is_flag=True, help="Start over even if the folder holds a snapshot.")
+@click.option("-q", "--quiet", is_flag=True)
+def train_contours_cmd(data, output, preset, kimg, steps, batch, augment, seed, device, no_resume, quiet):
+    """StyleGAN2 on label maps; writes OUTPUT/generator.pt, snapshots, samples, log.jsonl."""
+    from cellgen.gen.train import train_contours
+
+    try:
+        augment = float(augment)
+    except ValueError:
+        pass
+    path = train_contours(data, output, preset, kimg=kimg, steps=steps, batch=batch, seed=seed, device=device,
+                          resume=not no_resume, augment=augment, progress=not quiet)
+    click.echo(f"wrote {path}")
+
+
+@train.command("renderer")
+@click.option("--data", required=True, type=click.Path(), help="Benchmark set (HDF5) or exported folder of image+mask pairs.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Run folder (resumable).")
+@click.option("--preset", default="small256", show_default=True, type=click.Choice(["tiny", "small256", "paper1024"]))
+@click.option("--steps", type=click.IntRange(1), help="Training length in steps.")
+@click.option("--epochs", type=float, help="Training length in passes over the data (instead of --steps).")
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(1))
+@click.option("--max-minutes", type=float, help="Stop (and save) after this wall time; rerun to continue.")
+@click.option("--vgg-weights", type=click.Path(dir_okay=False), help="VGG19 weights file to add the perceptual loss.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--no-resume", is_flag=True)
+@click.option("-q", "--quiet", is_flag=True)
+def train_renderer_cmd(data, output, preset, steps, epochs, batch, max_minutes, vgg_weights, seed, device, no_resume,
+                       quiet):
+    """Pix2PixHD mask -> image; writes OUTPUT/renderer.pt, snapshots, triptychs, log.jsonl."""
+    from cellgen.render.train import train_renderer
+
+    path = train_renderer(data, output, preset, steps=steps, epochs=epochs, batch=batch, seed=seed, device=device,
+                          resume=not no_resume, progress=not quiet, vgg_weights=vgg_weights, max_minutes=max_minutes)
+    click.echo(f"wrote {path}")
+
+
+@cli.group("eval", cls=_Group)
+def eval_group():
+    """Measure the quality of the learned models."""
+
+
+@eval_group.command("render")
+@click.option("--checkpoint", help="Renderer checkpoint [default: shipped].")
+@click.option("--data", required=True, type=click.Path(), help="The renderer's real image+mask pairs.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder for JSON + figure.")
+@click.option("--segmenter-steps", default=300, show_default=True, type=click.IntRange(1))
+@click.option("--max-images", default=64, show_default=True, type=click.IntRange(2))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="cpu", show_default=True)
+def eval_render(checkpoint, data, output, segmenter_steps, max_images, seed, device):
+    """Rendering fidelity (the paper's Table 3): a U-Net trained on real pairs segments rendered images."""
+    from cellgen.render.evaluate import evaluate_renderer
+    from cellgen.render.renderer import Renderer
+
+    rend = Renderer.load(checkpoint or _default_checkpoint("renderer"), device=device)
+    result = evaluate_renderer(rend, data, max_images=max_images, segmenter_steps=segmenter_steps, seed=seed,
+                               device=device, out_dir=output, progress=True)
+    click.echo(json.dumps({k: v for k, v in result.items() if k in ("rendered", "real")}, indent=2, default=float))
+    click.echo(f"results in {output}/")
+
+
+@cli.group("gen", cls=_Group)
+def gen_group():
+    """Contour generator analysis."""
+
+
+@gen_group.command("psi-sweep")
+@click.option("--checkpoint", help="Contour generator [default: shipped].")
+@click.option("--seeds", default="0-29", show_default=True)
+@click.option("--psi", default="-1,-0.5,0,0.5,1", show_default=True)
+@click.option("--fit-seeds", default="1000-1099", show_default=True, help="Seeds to fit the W density direction on.")
+@click.option("--alphas", default="-3,-1.5,0,1.5,3", show_default=True, help="Steps along the density direction.")
+@click.option("--measure", default="count", show_default=True)
+@click.option("--pixel-size", type=click.FloatRange(min=0, min_open=True))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False))
+@click.option("--device", default="cpu", show_default=True)
+def psi_sweep_cmd(checkpoint, seeds, psi, fit_seeds, alphas, measure, pixel_size, output, device):
+    """Density vs psi per seed, its monotonic fraction, and the same for a fitted density direction."""
+    from pathlib import Path
+
+    from cellgen.density_control import (
+        direction_sweep,
+        fit_density_direction,
+        monotonic_fraction,
+        plot_sweep,
+        psi_sweep,
+    )
+    from cellgen.fileio import atomic_path
+
+    gen = _generator(checkpoint, device)
+    pixel_size = pixel_size or float(gen.info.get("pixel_size_um", 0.5))
+    seeds, psis, alphas = _parse_seeds(seeds), _parse_floats(psi, "--psi"), _parse_floats(alphas, "--alphas")
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    table = psi_sweep(gen, seeds, psis, pixel_size, measure)
+    direction = fit_density_direction(gen, _parse_seeds(fit_seeds), pixel_size, measure=measure)
+    dtable = direction_sweep(gen, direction, seeds, alphas, pixel_size, measure=measure)
+    result = {
+        "generator_sha256": gen.sha256, "measure": measure, "seeds": seeds, "psi": psis, "psi_table": table.tolist(),
+        "psi_monotonic_fraction": monotonic_fraction(table), "direction_alphas": alphas,
+        "direction_table": dtable.tolist(), "direction_monotonic_fraction": monotonic_fraction(dtable),
+        "direction_fit_r2": direction.r2, "direction_fit_seeds": direction.n_fit,
+    }
+    with atomic_path(out / "psi_sweep.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=2))
+    plot_sweep(psis, table, out / "psi_sweep.png", "psi", measure,
+               f"psi: {100 * result['psi_monotonic_fraction']:.0f}% of seeds monotonic")
+    plot_sweep(alphas, dtable, out / "direction_sweep.png", "alpha along density direction", measure,
+               f"W direction: {100 * result['direction_monotonic_fraction']:.0f}% of seeds monotonic")
+    click.echo(f"psi: {100 * result['psi_monotonic_fraction']:.0f}% of {len(seeds)} seeds change {measure} "
+               f"monotonically; density direction: {100 * result['direction_monotonic_fraction']:.0f}% "
+               f"(fit R^2 {direction.r2:.2f}); results in {out}/")
 
 
 @cli.group(cls=_Group)
@@ -326,7 +575,8 @@ def _print_summary(path):
 
     data = set_info(path)
     tiers = ", ".join(f"{k} {v}" for k, v in data["tiers"].items())
-    click.echo(f"wrote {path}: {data['n_images']} images, tiers: {tiers}; variants: {', '.join(data['variants'])}")
+    variants = ", ".join(data["variants"]) or "none (masks only)"
+    click.echo(f"wrote {path}: {data['n_images']} images, tiers: {tiers}; variants: {variants}")
 
 
 def main(argv=None):

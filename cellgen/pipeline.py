@@ -156,3 +156,33 @@ def generated_set(path, generator, pairs: list[tuple[int, float]], *, renderer=N
     return write_set(path, len(pairs), source, image_size=(size, size), pixel_size_um=pixel_size_um,
                      with_images=renderer is not None, recipe=recipe, generator_sha256=generator.sha256,
                      renderer_sha256=renderer.sha256 if renderer is not None else "", **kwargs)
+
+
+def rendered_set(path, masks_set, renderer, *, batch_size: int = 8, **kwargs):
+    """Render images for every mask of an existing set into a new set (same seeds, psi, tiers)."""
+    from cellgen.checkpoint import sha256_of
+    from cellgen.datasets.h5 import BenchmarkSet
+
+    src = BenchmarkSet(masks_set)
+    meta = src.metadata
+    cache: dict[int, SourceItem] = {}
+
+    def source(i: int) -> SourceItem:
+        if i not in cache:
+            cache.clear()
+            chunk = range(i, min(i + batch_size, src.n))
+            masks = [src.masks(k) for k in chunk]
+            images = renderer.render_batch(np.stack([m.semantic for m in masks]), np.stack([m.cell for m in masks]),
+                                           np.stack([m.nucleus for m in masks]))
+            for j, k in enumerate(chunk):
+                cache[k] = SourceItem(masks[j], images[j], int(meta["seed"][k]), float(meta["psi"][k]),
+                                      str(meta["source"][k]))
+        return cache[i]
+
+    recipe = {"source": "render", "masks_set_sha256": sha256_of(masks_set), "renderer_sha256": renderer.sha256}
+    try:
+        return write_set(path, src.n, source, image_size=src.image_size, pixel_size_um=src.pixel_size_um,
+                         tiers=src.tier_scheme, recipe=recipe, renderer_sha256=renderer.sha256,
+                         generator_sha256=str(src.attrs.get("generator_sha256", "")), **kwargs)
+    finally:
+        src.close()

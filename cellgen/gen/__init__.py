@@ -1,0 +1,11 @@
+"""The contour generator: a StyleGAN2 that draws 4-class cell label maps.
+
+* :mod:`cellgen.gen.networks`: the networks, presets (``paper512``, ``small256``, ``tiny``),
+  :func:`~cellgen.gen.networks.z_from_seed`;
+* :mod:`cellgen.gen.generator`: :class:`~cellgen.gen.generator.ContourGenerator`, the
+  sampling API the rest of cellgen uses;
+* :mod:`cellgen.gen.train`: :func:`~cellgen.gen.train.train_contours`, resumable training;
+* :mod:`cellgen.gen.import_official`: safe import of official stylegan2-ada-pytorch ``.pkl``.
+
+Submodules are imported on demand (torch is heavy).
+"""

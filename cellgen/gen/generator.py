@@ -1,0 +1,195 @@
+"""Public API of the contour generator: seeds in, 4-class label-map scores out.
+
+>>> g = ContourGenerator.load("generator.pt", device="cpu")     # or an official .pkl
+>>> scores = g.label_maps([0, 1, 2], psi=0.7)                    # (3, 4, R, R) float32
+>>> masks = cellgen.masks.instances_from_label_map(scores[0])
+
+A seed means the same latent as in the official ``generate.py``
+(``np.random.RandomState(seed).randn(1, z_dim)``). With ``noise_mode='const'`` (the
+default) the output depends only on checkpoint, seed, psi and cutoff: same inputs, identical
+arrays, and with ``batch_size=1`` (the default) an image never depends on the other seeds
+generated with it. ``noise_mode='random'`` draws the noise from a generator
+seeded with each image's seed, so it is reproducible too.
+
+Public API: :class:`ContourGenerator`, :data:`KIND`, :func:`resolve_device`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cellgen.checkpoint import load_checkpoint, load_into, sha256_of
+from cellgen.errors import CellgenError
+from cellgen.gen.networks import Generator, preset_config, truncate, z_from_seed
+
+KIND = "contour-generator"
+ENV_DEFAULT = "CELLGEN_CONTOUR_GENERATOR"
+
+
+def resolve_device(device) -> torch.device:
+    dev = torch.device(device if device is not None else "cpu")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CellgenError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise CellgenError(f"unsupported device '{device}'; use cpu or cuda")
+    return dev
+
+
+def _seeds(seeds) -> list[int]:
+    if isinstance(seeds, (int, np.integer)):
+        seeds = [seeds]
+    out = [int(s) for s in seeds]
+    if any(s < 0 or s >= 2 ** 32 for s in out):
+        raise CellgenError("seeds must lie in 0..2^32-1 (numpy RandomState)")
+    return out
+
+
+class ContourGenerator:
+    """A StyleGAN2 label-map generator (EMA weights), in eval mode, ready to sample."""
+
+    def __init__(self, G: Generator, config: dict, device="cpu", sha256: str = "", info: dict | None = None,
+                 source: str = ""):
+        self.device = resolve_device(device)
+        self.G = G.to(self.device).eval().requires_grad_(False)
+        self.config = dict(config)
+        self.sha256 = sha256
+        self.info = dict(info or {})
+        self.source = source
+        if self.G.img_channels != 4:
+            raise CellgenError(f"{source or 'generator'} outputs {self.G.img_channels} channels; a contour generator "
+                               "outputs the 4 label-map classes (background, cytoplasm, nucleus, boundary)")
+
+    # -- construction ------------------------------------------------------------------
+    @classmethod
+    def load(cls, path=None, device="cpu") -> ContourGenerator:
+        """Our checkpoint (``.pt``, kind ``contour-generator``) or an official ``.pkl``.
+
+        ``path=None`` uses ``$CELLGEN_CONTOUR_GENERATOR``.
+        """
+        if path is None:
+            path = os.environ.get(ENV_DEFAULT)
+            if not path:
+                raise CellgenError(f"no contour generator given: pass a generator .pt/.pkl or set ${ENV_DEFAULT}")
+        path = Path(path)
+        if path.suffix == ".pkl":
+            from cellgen.gen.import_official import import_official
+
+            nets = import_official(path, which=("G_ema",))
+            return cls(nets["G_ema"], nets["config"], device, sha256_of(path), {"source": "official pkl"}, str(path))
+        ckpt = load_checkpoint(path, KIND)
+        G = Generator(ckpt["config"])
+        load_into(G, ckpt["state_dict"], source=str(path))
+        info = {}
+        sidecar = path.with_suffix(".json")
+        if sidecar.exists():
+            import json
+
+            info = json.loads(sidecar.read_text()).get("info", {})
+        return cls(G, ckpt["config"], device, ckpt["sha256"], info, str(path))
+
+    @classmethod
+    def untrained(cls, preset: str = "tiny", seed: int = 0, device="cpu") -> ContourGenerator:
+        """A randomly initialised generator (smoke tests, plumbing)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            G = Generator(preset_config(preset))
+        return cls(G, G.config, device, "", {"untrained": True}, f"untrained {preset}")
+
+    # -- properties --------------------------------------------------------------------
+    @property
+    def resolution(self) -> int:
+        return self.G.img_resolution
+
+    @property
+    def z_dim(self) -> int:
+        return self.G.z_dim
+
+    @property
+    def w_dim(self) -> int:
+        return self.G.w_dim
+
+    @property
+    def num_ws(self) -> int:
+        return self.G.num_ws
+
+    @property
+    def w_avg(self) -> np.ndarray:
+        return self.G.mapping.w_avg.detach().cpu().numpy().copy()
+
+    # -- sampling ------------------------------------------------------------------------
+    def z_from_seeds(self, seeds) -> np.ndarray:
+        """(N, z_dim) float64 latents, one official ``RandomState(seed).randn`` row per seed."""
+        return np.concatenate([z_from_seed(s, self.z_dim) for s in _seeds(seeds)], axis=0)
+
+    def w_from_seeds(self, seeds) -> np.ndarray:
+        """(N, num_ws, w_dim) float32 untruncated w (the ``w_avg`` tracker is never updated here).
+
+        Each seed is mapped on its own, so its w never depends on the other seeds.
+        """
+        z = self.z_from_seeds(seeds)
+        out = []
+        with torch.inference_mode():
+            for i in range(len(z)):
+                zt = torch.from_numpy(z[i:i + 1]).to(self.device)
+                out.append(self.G.mapping(zt, update_w_avg=False).cpu().numpy())
+        return np.concatenate(out, axis=0).astype(np.float32, copy=False)
+
+    def truncate(self, w, psi: float = 1.0, cutoff: int | None = None) -> np.ndarray:
+        """``w_avg + psi (w - w_avg)`` on all layers, or only the first ``cutoff``; any real psi."""
+        w = np.asarray(w, dtype=np.float32)
+        self._check_w(w)
+        if cutoff is not None and not 0 <= int(cutoff) <= self.num_ws:
+            raise CellgenError(f"truncation cutoff must lie in 0..{self.num_ws}, got {cutoff}")
+        # the official formula (torch lerp), bit for bit: psi == 1 leaves w untouched
+        out = truncate(torch.from_numpy(w.copy()), self.G.mapping.w_avg.detach().cpu(), float(psi),
+                       None if cutoff is None else int(cutoff))
+        return out.numpy()
+
+    def label_maps_from_w(self, w, noise_mode: str = "const", batch_size: int = 1, seeds=None) -> np.ndarray:
+        """(N, 4, R, R) float32 raw class scores for given w (N, num_ws, w_dim).
+
+        ``batch_size`` > 1 is faster, but CPU kernels round differently for different batch
+        shapes, so only ``batch_size=1`` (the default) makes every image bit-identical
+        whatever else is generated with it; equal batch sizes always give equal arrays.
+        ``seeds`` (default 0..N-1) seed the noise when ``noise_mode='random'``.
+        """
+        w = np.asarray(w, dtype=np.float32)
+        self._check_w(w)
+        if noise_mode not in ("const", "random", "none"):
+            raise CellgenError(f"noise_mode must be const, random or none, got {noise_mode!r}")
+        seeds = list(range(len(w))) if seeds is None else _seeds(seeds)
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(w), batch_size):
+                wt = torch.from_numpy(w[i:i + batch_size]).to(self.device)
+                if noise_mode == "random":
+                    # per-image seeded noise: each image is independent of batch composition
+                    imgs = []
+                    for j in range(len(wt)):
+                        with torch.random.fork_rng(devices=[] if self.device.type == "cpu" else [self.device]):
+                            torch.manual_seed(seeds[i + j])
+                            imgs.append(self.G.synthesis(wt[j:j + 1], noise_mode="random"))
+                    img = torch.cat(imgs)
+                else:
+                    img = self.G.synthesis(wt, noise_mode=noise_mode)
+                out.append(img.float().cpu().numpy())
+        return np.concatenate(out, axis=0)
+
+    def label_maps(self, seeds, psi: float = 1.0, cutoff: int | None = None, noise_mode: str = "const",
+                   batch_size: int = 1) -> np.ndarray:
+        """(N, 4, R, R) float32 raw class scores for seeds at truncation ``psi``."""
+        seeds = _seeds(seeds)
+        w = self.truncate(self.w_from_seeds(seeds), psi, cutoff)
+        return self.label_maps_from_w(w, noise_mode=noise_mode, batch_size=batch_size, seeds=seeds)
+
+    def classes(self, seeds, psi: float = 1.0, **kwargs) -> np.ndarray:
+        """(N, R, R) uint8 class maps (argmax of :meth:`label_maps`)."""
+        return np.argmax(self.label_maps(seeds, psi, **kwargs), axis=1).astype(np.uint8)
+
+    def _check_w(self, w: np.ndarray):
+        if w.ndim != 3 or w.shape[1:] != (self.num_ws, self.w_dim):
+            raise CellgenError(f"w must have shape (N, {self.num_ws}, {self.w_dim}), got {tuple(w.shape)}")

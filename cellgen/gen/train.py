@@ -1,0 +1,473 @@
+"""Train the contour generator (StyleGAN2 on 4-class label maps), resumable, on CPU or CUDA.
+
+>>> train_contours("train.h5", "runs/contours", preset="small256", kimg=5, batch=8)
+
+**Data.** An HDF5 benchmark set (its exact masks) or a folder as ``cellgen export`` writes
+it (``masks/cell/NNNNN.tif|png`` and ``masks/nucleus/NNNNN.*``; the folder itself or its
+``masks`` sub-folder). Each image is centre-cropped to a square (the shorter side) and its
+*instance maps* are resized to the preset resolution by nearest neighbour; the 4-class label
+map (background, cytoplasm, nucleus, boundary) is then derived at the target resolution with
+:func:`cellgen.masks.label_map_from_instances`, so boundary ribbons stay one pixel wide
+and touching cells stay separable. Class maps are kept in memory as uint8 and fed to D
+one-hot, scaled to {-1, +1}.
+
+**Objective** (as stylegan2-ada-pytorch ``StyleGAN2Loss``, in its phases Gmain, Greg, Dmain,
+Dreg): non-saturating logistic loss, with D seeing reals as one-hot maps scaled to {-1, +1}
+and fakes as ``2 softmax(G scores) - 1`` (training option ``d_input="softmax"``, the default;
+``"raw"`` feeds the raw scores, as for images: D then wins on the value range alone, since G
+cannot output exact one-hot values, and early training turns to per-pixel speckle); lazy R1 on reals every 16 steps (``r1_gamma``, loss
+scaled by the interval); optional path-length regularisation every 4 steps (``pl_weight``,
+batch shrink 2, decay 0.01); lazy-regularisation-corrected Adam (betas 0, 0.99, eps 1e-8);
+optional style mixing; EMA generator with half-life ``ema_kimg`` (optionally ramped up by
+``ema_rampup``). **Augmentation** (``augment``: ``"ada"``, ``"none"`` or a fixed probability)
+applies x-flip, 90-degree rotations and integer translations (up to 1/8 of the size,
+reflect-padded) to everything D sees, each with probability p per image; with ``"ada"``
+p is adjusted every 4 steps by ``sign(E[sign D(real)] - 0.6) * batch * 4 / (ada_kimg * 1000)``.
+
+**Outputs** in ``out_dir``: ``snapshot.pt`` (kind ``contour-training``: G, D, G_ema,
+optimiser states, step, augment p, RNG state; written atomically every tick, a rerun of the
+same command continues from it), ``log.jsonl`` (one line per tick: step, kimg, loss_G,
+loss_D, r1, pl, augment_p, seconds), ``samples_STEP.png`` (fixed seeds, G_ema, psi 1,
+argmax classes coloured; the latest ``keep_samples`` kept) and, at the end, ``generator.pt``
+(kind ``contour-generator``: G_ema weights incl. ``w_avg`` + config; info: data, steps,
+kimg, wall time, device).
+
+On CPU the run is deterministic for a fixed seed (one RNG stream, saved in snapshots, so a
+resumed run draws what an uninterrupted one would). Mixed precision (bfloat16 autocast for
+the main loss phases) is used only on CUDA.
+
+Public API: :func:`train_contours`, :func:`load_training_data`, :func:`augment_batch`, :data:`SNAPSHOT_KIND`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from cellgen.checkpoint import load_checkpoint, load_into, save_checkpoint
+from cellgen.errors import CellgenError
+from cellgen.fileio import atomic_path
+from cellgen.gen.generator import KIND as GENERATOR_KIND
+from cellgen.gen.generator import resolve_device
+from cellgen.gen.networks import Discriminator, Generator, preset_config, z_from_seed
+from cellgen.masks import label_map_from_instances
+
+SNAPSHOT_KIND = "contour-training"
+N_CLASSES = 4
+# argmax colours: background black, cytoplasm green, nucleus blue, boundary white
+CLASS_COLOURS = np.array([[0, 0, 0], [40, 180, 60], [60, 90, 255], [255, 255, 255]], np.uint8)
+
+
+# --------------------------------------------------------------------------------------
+# data
+
+
+def _fit(cell: np.ndarray, nucleus: np.ndarray, res: int) -> np.ndarray:
+    """Centre-crop to a square, nearest-neighbour resize of instance ids, label map at ``res``."""
+    h, w = cell.shape
+    s = min(h, w)
+    y0, x0 = (h - s) // 2, (w - s) // 2
+    cell, nucleus = cell[y0:y0 + s, x0:x0 + s], nucleus[y0:y0 + s, x0:x0 + s]
+    if s != res:
+        idx = np.minimum(((np.arange(res) + 0.5) * s / res).astype(np.int64), s - 1)
+        cell, nucleus = cell[np.ix_(idx, idx)], nucleus[np.ix_(idx, idx)]
+    return label_map_from_instances(cell, nucleus)
+
+
+def load_training_data(data, resolution: int) -> np.ndarray:
+    """(N, R, R) uint8 class maps from an HDF5 set or an exported mask folder."""
+    path = Path(data)
+    if not path.exists():
+        raise CellgenError(f"no such training data: {path}")
+    maps = []
+    if path.is_file():
+        from cellgen.datasets.h5 import BenchmarkSet
+
+        with BenchmarkSet(path) as ds:
+            for i in range(len(ds)):
+                m = ds.masks(i)
+                maps.append(_fit(m.cell, m.nucleus, resolution))
+    else:
+        from cellgen.datasets.export import read_label_file
+
+        root = path / "masks" if (path / "masks" / "cell").is_dir() else path
+        cell_dir, nuc_dir = root / "cell", root / "nucleus"
+        if not cell_dir.is_dir() or not nuc_dir.is_dir():
+            raise CellgenError(f"{path} has no masks/cell and masks/nucleus folders (as `cellgen export` writes)")
+        files = sorted(p for p in cell_dir.iterdir() if p.suffix.lower() in (".tif", ".tiff", ".png"))
+        for f in files:
+            partners = [nuc_dir / (f.stem + ext) for ext in (f.suffix, ".tif", ".tiff", ".png")]
+            partner = next((p for p in partners if p.exists()), None)
+            if partner is None:
+                raise CellgenError(f"{f} has no nucleus mask {nuc_dir / f.stem}.*")
+            cell, nucleus = read_label_file(f), read_label_file(partner)
+            if cell.shape != nucleus.shape:
+                raise CellgenError(f"{f} and {partner} differ in shape: {cell.shape} vs {nucleus.shape}")
+            maps.append(_fit(cell, nucleus, resolution))
+    if not maps:
+        raise CellgenError(f"{path} holds no masks to train on")
+    return np.stack(maps).astype(np.uint8)
+
+
+def _to_input(classes: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, R, R) class maps -> (N, 4, R, R) one-hot scaled to {-1, +1}."""
+    return F.one_hot(classes.long(), N_CLASSES).permute(0, 3, 1, 2).float() * 2 - 1
+
+
+# --------------------------------------------------------------------------------------
+# augmentation
+
+
+def augment_batch(x: torch.Tensor, p: float) -> torch.Tensor:
+    """x-flip, rotation by k*90 degrees, integer translation (reflect), each with probability p.
+
+    Vectorised over the batch and differentiable (G's gradients pass through it).
+    """
+    if p <= 0:
+        return x
+    n, _, h, w = x.shape
+    dev = x.device
+    flip = (torch.rand(n, device=dev) < p).view(n, 1, 1, 1)
+    x = torch.where(flip, x.flip(3), x)
+    if h == w:
+        k = torch.randint(0, 4, (n,), device=dev) * (torch.rand(n, device=dev) < p)
+        rots = torch.stack([x] + [x.rot90(j, dims=(2, 3)) for j in (1, 2, 3)])
+        x = rots[k, torch.arange(n, device=dev)]
+    m = max(1, round(min(h, w) * 0.125))
+    shift = torch.randint(-m, m + 1, (n, 2), device=dev) * (torch.rand(n, 1, device=dev) < p)
+
+    def reflect(idx, size):
+        idx = idx.abs()
+        return torch.where(idx > size - 1, 2 * (size - 1) - idx, idx)
+
+    rows = reflect(torch.arange(h, device=dev)[None] - shift[:, :1], h)
+    cols = reflect(torch.arange(w, device=dev)[None] - shift[:, 1:], w)
+    x = x[torch.arange(n, device=dev)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    return x.permute(0, 3, 1, 2).contiguous()
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+
+
+def _colour(scores: np.ndarray) -> np.ndarray:
+    return CLASS_COLOURS[np.argmax(scores, axis=0)]
+
+
+def _write_grid(path: Path, scores: np.ndarray):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.image as mpimg
+
+    n = len(scores)
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    r = scores.shape[-1]
+    grid = np.zeros((rows * (r + 2), cols * (r + 2), 3), np.uint8) + 128
+    for i, s in enumerate(scores):
+        y, x = divmod(i, cols)
+        grid[y * (r + 2) + 1: y * (r + 2) + 1 + r, x * (r + 2) + 1: x * (r + 2) + 1 + r] = _colour(s)
+    with atomic_path(path) as tmp:
+        mpimg.imsave(tmp, grid, format="png")
+
+
+class _Nets(torch.nn.Module):
+    def __init__(self, G, D, G_ema):
+        super().__init__()
+        self.G, self.D, self.G_ema = G, D, G_ema
+
+
+def _lazy_adam(params, lr, interval):
+    ratio = interval / (interval + 1) if interval else 1.0
+    return torch.optim.Adam(params, lr=lr * ratio, betas=(0.0, 0.99 ** ratio), eps=1e-8)
+
+
+# --------------------------------------------------------------------------------------
+# training
+
+
+def train_contours(
+    data,
+    out_dir,
+    preset: str = "small256",
+    kimg: float | None = None,
+    steps: int | None = None,
+    batch: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    resume: bool = True,
+    augment: str | float = "ada",
+    progress: bool = True,
+    log=None,
+    *,
+    tick_steps: int | None = None,
+    r1_gamma: float | None = None,
+    pl_weight: float | None = None,
+    lr: float | None = None,
+    ema_kimg: float | None = None,
+    style_mixing_prob: float | None = None,
+    ada_target: float = 0.6,
+    ada_kimg: float | None = None,
+    r1_interval: int = 16,
+    pl_interval: int = 4,
+    sample_seeds=tuple(range(16)),
+    keep_samples: int = 3,
+    config_overrides: dict | None = None,
+) -> Path:
+    """Train (or resume) and return the path of ``out_dir/generator.pt``.
+
+    Give exactly one of ``kimg`` (thousands of real images shown) or ``steps``. ``log`` is an
+    optional callable receiving each tick's log dict (after it is written and snapshotted).
+    Hyper-parameters left ``None`` come from the preset's ``training`` section.
+    """
+    t_start = time.time()
+    dev = resolve_device(device)
+    cfg = preset_config(preset, **(config_overrides or {}))
+    tr = dict(cfg["training"])
+    for key, val in (("batch", batch), ("r1_gamma", r1_gamma), ("pl_weight", pl_weight), ("lr", lr),
+                     ("ema_kimg", ema_kimg), ("style_mixing_prob", style_mixing_prob), ("ada_kimg", ada_kimg)):
+        if val is not None:
+            tr[key] = val
+    batch = int(tr["batch"])
+    if batch < 1:
+        raise CellgenError(f"--batch must be positive, got {batch}")
+    group = cfg["mbstd_group_size"]
+    if group and batch % min(group, batch):
+        raise CellgenError(f"--batch {batch} must be a multiple of the minibatch-stddev group size {group}")
+    if (kimg is None) == (steps is None):
+        raise CellgenError("give exactly one of --kimg or --steps")
+    total = int(steps) if steps is not None else math.ceil(float(kimg) * 1000 / batch)
+    if total < 1:
+        raise CellgenError("nothing to train: --kimg/--steps must be positive")
+    if isinstance(augment, str) and augment not in ("ada", "none"):
+        try:
+            augment = float(augment)
+        except ValueError:
+            raise CellgenError(f"--augment must be ada, none or a probability, got {augment!r}") from None
+    adaptive = augment == "ada"
+    p_fixed = 0.0 if augment in ("ada", "none") else float(augment)
+    if not 0 <= p_fixed <= 1:
+        raise CellgenError(f"augmentation probability must lie in [0, 1], got {p_fixed}")
+    if tick_steps is None:
+        tick_steps = max(1, min(total, round(1000 / batch)))  # about one kimg per tick
+    run = {"preset": preset, "batch": batch, "seed": int(seed), "augment": str(augment), "data": str(data)}
+    cfg["training"] = tr
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    snap_path, log_path = out_dir / "snapshot.pt", out_dir / "log.jsonl"
+
+    res = int(cfg["resolution"])
+    classes = torch.from_numpy(load_training_data(data, res))
+    torch.manual_seed(int(seed))
+    G, D = Generator(cfg), Discriminator(cfg)
+    G_ema = Generator(cfg).eval().requires_grad_(False)
+    G_ema.load_state_dict(G.state_dict())
+    nets = _Nets(G, D, G_ema).to(dev)
+    opt_G = _lazy_adam(G.parameters(), tr["lr"], pl_interval if tr["pl_weight"] > 0 else 0)
+    opt_D = _lazy_adam(D.parameters(), tr["lr"], r1_interval)
+    step, aug_p, pl_mean, wall_before = 0, p_fixed, torch.zeros([], device=dev), 0.0
+    ada_acc = [0.0, 0]
+
+    if resume and snap_path.exists():
+        try:
+            snap = load_checkpoint(snap_path, SNAPSHOT_KIND)
+        except CellgenError as err:
+            # snapshot.pt is replaced atomically before its .json: a run killed between the two
+            # leaves a complete .pt and a stale sidecar, which is dropped and rewritten
+            if "does not match the sha256" not in str(err):
+                raise
+            snap_path.with_suffix(".json").unlink()
+            snap = load_checkpoint(snap_path, SNAPSHOT_KIND)
+        saved = snap["config"]
+        if saved.get("model") != {k: v for k, v in cfg.items() if k != "training"} or saved.get("run", {}).get("batch") != batch:
+            raise CellgenError(f"{snap_path} belongs to a different run (preset/batch/model differ); "
+                               "use another output folder or resume=False")
+        load_into(nets, snap["state_dict"], source=str(snap_path))
+        ex = snap["extra"]
+        opt_G.load_state_dict(ex["opt_G"])
+        opt_D.load_state_dict(ex["opt_D"])
+        step, aug_p, wall_before = int(ex["step"]), float(ex["augment_p"]), float(ex["wall_s"])
+        pl_mean = ex["pl_mean"].to(dev)
+        ada_acc = [float(ex["ada_sum"]), int(ex["ada_n"])]
+        torch.set_rng_state(ex["rng_cpu"])
+        if dev.type == "cuda" and "rng_cuda" in ex:
+            torch.cuda.set_rng_state(ex["rng_cuda"])
+    # drop log lines of steps after the snapshot (a run killed between log and snapshot)
+    if log_path.exists():
+        lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()]
+        keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= step] if resume else []
+        if keep != lines:
+            with atomic_path(log_path) as tmp:
+                tmp.write_text("".join(ln + "\n" for ln in keep))
+
+    amp = dev.type == "cuda"
+    sample_z = torch.from_numpy(np.concatenate([z_from_seed(s, cfg["z_dim"]) for s in sample_seeds])).float().to(dev)
+    n_data = len(classes)
+    zdim = cfg["z_dim"]
+    mix_p = float(tr.get("style_mixing_prob") or 0.0)
+    d_input = tr.get("d_input", "softmax")
+    if d_input not in ("softmax", "raw"):
+        raise CellgenError(f"d_input must be softmax or raw, got {d_input!r}")
+
+    def real_batch():
+        idx = torch.randint(0, n_data, (batch,))
+        return _to_input(classes[idx]).to(dev)
+
+    def run_G(z, update=True):
+        ws = G.mapping(z, update_w_avg=update)
+        if mix_p > 0:
+            cutoff = int(torch.randint(1, ws.shape[1], ()))
+            if float(torch.rand(())) < mix_p:
+                ws = ws.clone()
+                ws[:, cutoff:] = G.mapping(torch.randn_like(z), update_w_avg=False)[:, cutoff:]
+        return G.synthesis(ws), ws
+
+    def run_D(img, fake=False):
+        if fake and d_input == "softmax":
+            # reals are exact one-hot maps; D compares them with G's class probabilities, so a
+            # confident G matches the reals' value range by scaling its scores, and D must judge shapes
+            img = torch.softmax(img.float(), dim=1) * 2 - 1
+        return D(augment_fn(img))
+
+    def augment_fn(img):
+        return augment_batch(img, aug_p) if aug_p > 0 else img
+
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp)
+
+    def snapshot():
+        extra = {"opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(), "step": step, "augment_p": aug_p,
+                 "pl_mean": pl_mean.detach().cpu(), "ada_sum": ada_acc[0], "ada_n": ada_acc[1],
+                 "wall_s": wall_before + time.time() - t_start, "rng_cpu": torch.get_rng_state()}
+        if dev.type == "cuda":
+            extra["rng_cuda"] = torch.cuda.get_rng_state()
+        model_cfg = {k: v for k, v in cfg.items() if k != "training"}
+        save_checkpoint(snap_path, SNAPSHOT_KIND, {"model": model_cfg, "training": tr, "run": run},
+                        nets.state_dict(), extra, info={"step": step, "total_steps": total})
+
+    sums = {"loss_G": 0.0, "loss_D": 0.0, "r1": 0.0, "pl": 0.0}
+    counts = {"loss_G": 0, "loss_D": 0, "r1": 0, "pl": 0}
+    tick_start = time.time()
+    bar = tqdm(total=total, initial=min(step, total), desc=f"training {preset}", unit="step", disable=not progress)
+    G.train()
+    D.train()
+    while step < total:
+        # -- Gmain: non-saturating logistic loss
+        D.requires_grad_(False)
+        G.requires_grad_(True)
+        opt_G.zero_grad(set_to_none=True)
+        with autocast():
+            fake, _ = run_G(torch.randn(batch, zdim, device=dev))
+            loss_G = F.softplus(-run_D(fake, fake=True)).mean()
+        loss_G.backward()
+        opt_G.step()
+        sums["loss_G"] += float(loss_G.detach())
+        counts["loss_G"] += 1
+        # -- Greg: path-length regularisation (lazy)
+        if tr["pl_weight"] > 0 and step % pl_interval == 0:
+            opt_G.zero_grad(set_to_none=True)
+            n = max(batch // 2, 1)
+            img, ws = run_G(torch.randn(n, zdim, device=dev))
+            noise = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
+            (grads,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
+            lengths = grads.square().sum(2).mean(1).sqrt()
+            pl_mean = pl_mean.lerp(lengths.mean().detach(), 0.01)
+            loss_pl = (lengths - pl_mean).square() * tr["pl_weight"]
+            (img[:, 0, 0, 0] * 0 + loss_pl).mean().mul(pl_interval).backward()
+            opt_G.step()
+            sums["pl"] += float(loss_pl.detach().mean())
+            counts["pl"] += 1
+        # -- Dmain: logistic loss on fakes and reals
+        G.requires_grad_(False)
+        D.requires_grad_(True)
+        opt_D.zero_grad(set_to_none=True)
+        real = real_batch()
+        with autocast():
+            with torch.no_grad():
+                fake, _ = run_G(torch.randn(batch, zdim, device=dev))
+            fake_logits = run_D(fake, fake=True)
+            real_logits = run_D(real)
+            loss_D = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
+        loss_D.backward()
+        opt_D.step()
+        sums["loss_D"] += float(loss_D.detach())
+        counts["loss_D"] += 1
+        ada_acc[0] += float(torch.sign(real_logits.detach().float()).sum())
+        ada_acc[1] += real_logits.numel()
+        # -- Dreg: lazy R1 on reals
+        if tr["r1_gamma"] > 0 and step % r1_interval == 0:
+            opt_D.zero_grad(set_to_none=True)
+            real_r = real.detach().requires_grad_(True)
+            logits = run_D(real_r)
+            (grads,) = torch.autograd.grad(logits.sum(), real_r, create_graph=True)
+            r1 = grads.square().sum([1, 2, 3])
+            (r1 * (tr["r1_gamma"] / 2) + logits[:, 0] * 0).mean().mul(r1_interval).backward()
+            opt_D.step()
+            sums["r1"] += float(r1.detach().mean())
+            counts["r1"] += 1
+        # -- EMA of G (half-life ema_kimg, optional ramp-up)
+        ema_nimg = float(tr["ema_kimg"]) * 1000
+        if tr.get("ema_rampup"):
+            ema_nimg = min(ema_nimg, step * batch * float(tr["ema_rampup"]))  # images shown before this step
+        step += 1
+        nimg = step * batch
+        beta = 0.5 ** (batch / max(ema_nimg, 1e-8))
+        with torch.no_grad():
+            for p_ema, p in zip(G_ema.parameters(), G.parameters()):
+                p_ema.copy_(p.detach().lerp(p_ema, beta))
+            for b_ema, b in zip(G_ema.buffers(), G.buffers()):
+                b_ema.copy_(b)
+        # -- ADA: adjust p every 4 steps from the sign of D(real)
+        if adaptive and step % 4 == 0 and ada_acc[1]:
+            rt = ada_acc[0] / ada_acc[1]
+            adjust = np.sign(rt - ada_target) * (batch * 4) / (float(tr["ada_kimg"]) * 1000)
+            aug_p = float(min(max(aug_p + adjust, 0.0), 1.0))
+            ada_acc = [0.0, 0]
+        bar.update(1)
+        # -- tick: log, samples, snapshot
+        if step % tick_steps == 0 or step == total:
+            now = time.time()
+            entry = {"step": step, "kimg": round(nimg / 1000, 4)}
+            for k, total_k in sums.items():
+                entry[k] = round(total_k / counts[k], 6) if counts[k] else None
+            entry.update(augment_p=round(aug_p, 6), seconds=round(now - tick_start, 3))
+            if not all(math.isfinite(v) for v in (entry["loss_G"], entry["loss_D"])):
+                bar.close()
+                raise CellgenError(f"training diverged at step {step} (loss_G {entry['loss_G']}, "
+                                   f"loss_D {entry['loss_D']}); try a larger --r1-gamma or a lower lr")
+            with open(log_path, "a") as fh:
+                fh.write(json.dumps(entry) + "\n")
+            with torch.no_grad():
+                samples = G_ema.synthesis(G_ema.mapping(sample_z, update_w_avg=False), noise_mode="const")
+            _write_grid(out_dir / f"samples_{step:08d}.png", samples.float().cpu().numpy())
+            for old in sorted(out_dir.glob("samples_*.png"))[:-keep_samples]:
+                old.unlink()
+            snapshot()
+            bar.set_postfix(loss_G=entry["loss_G"], loss_D=entry["loss_D"], p=round(aug_p, 3))
+            sums = dict.fromkeys(sums, 0.0)
+            counts = dict.fromkeys(counts, 0)
+            tick_start = time.time()
+            if log is not None:
+                log(entry)
+    bar.close()
+
+    gen_path = out_dir / "generator.pt"
+    # wall time of all sessions up to the last snapshot (the final tick always writes one)
+    wall = float(load_checkpoint(snap_path, SNAPSHOT_KIND)["extra"]["wall_s"]) if snap_path.exists() else \
+        wall_before + time.time() - t_start
+    info = {"data": str(data), "steps": step, "kimg": round(step * batch / 1000, 4), "batch": batch,
+            "wall_time_s": round(wall, 1),
+            "device": str(dev) + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""),
+            "preset": preset, "seed": int(seed), "augment": str(augment), "final_augment_p": round(aug_p, 6)}
+    save_checkpoint(gen_path, GENERATOR_KIND, cfg, G_ema.state_dict(),
+                    {"w_avg": G_ema.mapping.w_avg.detach().cpu()}, info=info)
+    return gen_path
