@@ -13,7 +13,7 @@ A checkpoint is two files side by side:
 Loading checks the sha256 (when the JSON is there), the kind, and every tensor's name and
 shape against the model built from the config, and says exactly what does not fit.
 
-Public API: :func:`save_checkpoint`, :func:`load_checkpoint`, :func:`load_into`,
+Public API: :func:`save_checkpoint`, :func:`load_checkpoint`, :func:`load_into`, :func:`load_state_dict_file`,
 :func:`sha256_of`.
 """
 
@@ -86,6 +86,17 @@ def load_checkpoint(path, kind: str | None = None) -> dict:
     payload["config"] = json.loads(payload["config"])
     payload["sha256"] = digest
     return payload
+
+
+def load_state_dict_file(path, what: str) -> dict:
+    """A foreign weights file (e.g. official pix2pixHD or VGG19) read with ``weights_only``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CellgenError(f"{what} file not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several kinds for a truncated or foreign file
+        raise CellgenError(f"{path} is not a readable {what} file: {str(err).splitlines()[0][:200]}") from None
 
 
 def load_into(module: torch.nn.Module, state_dict: dict, source: str = "checkpoint") -> None:

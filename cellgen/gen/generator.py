@@ -23,20 +23,12 @@ import numpy as np
 import torch
 
 from cellgen.checkpoint import load_checkpoint, load_into, sha256_of
+from cellgen.device import resolve_device  # noqa: F401 - re-exported for train/evaluate
 from cellgen.errors import CellgenError
 from cellgen.gen.networks import Generator, preset_config, truncate, z_from_seed
 
 KIND = "contour-generator"
 ENV_DEFAULT = "CELLGEN_CONTOUR_GENERATOR"
-
-
-def resolve_device(device) -> torch.device:
-    dev = torch.device(device if device is not None else "cpu")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CellgenError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise CellgenError(f"unsupported device '{device}'; use cpu or cuda")
-    return dev
 
 
 def _seeds(seeds) -> list[int]:

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from cellgen.checkpoint import load_into, save_checkpoint
+from cellgen.checkpoint import load_state_dict_file
 from cellgen.errors import CellgenError
 from cellgen.render import networks
 from cellgen.render.renderer import KIND
@@ -36,13 +37,7 @@ from cellgen.render.renderer import KIND
 
 def read_official_state_dict(path) -> dict:
     """The generator state dict of an official ``*_net_G.pth`` file (float32, no ``module.`` prefix)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CellgenError(f"no such pix2pixHD weights file: {path}")
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises several kinds for a foreign file
-        raise CellgenError(f"{path} is not a readable PyTorch state dict: {str(err).splitlines()[0][:200]}") from None
+    sd = load_state_dict_file(path, "pix2pixHD weights")
     return normalise_state_dict(sd, str(path))
 
 

@@ -37,13 +37,13 @@ and losses above.
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from cellgen.checkpoint import load_state_dict_file
 from cellgen.errors import CellgenError
 
 INPUT_CLASSES = ("background", "nucleus", "cytoplasm")
@@ -404,13 +404,7 @@ class Vgg19(nn.Module):
 
 def load_vgg19(path) -> Vgg19:
     """Our VGG19 with user-supplied weights (a torchvision-style state dict file, read with weights_only)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CellgenError(f"VGG19 weights file not found: {path}")
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises several kinds for a foreign file
-        raise CellgenError(f"{path} is not a readable VGG19 state dict: {str(err).splitlines()[0][:200]}") from None
+    sd = load_state_dict_file(path, "VGG19 weights")
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     vgg = Vgg19()

@@ -21,19 +21,11 @@ import numpy as np
 import torch
 
 from cellgen.checkpoint import load_checkpoint, load_into, save_checkpoint
+from cellgen.device import resolve_device  # noqa: F401 - re-exported for train/evaluate
 from cellgen.errors import CellgenError
 from cellgen.render import networks
 
 KIND = "renderer"
-
-
-def resolve_device(device) -> torch.device:
-    dev = torch.device(device if device is not None else "cpu")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CellgenError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise CellgenError(f"unsupported device '{device}'; use cpu or cuda")
-    return dev
 
 
 class Renderer:
