@@ -91,3 +91,14 @@ def test_missing_default_checkpoints_and_bad_seeds_are_one_line(models, tmp_path
     assert r.returncode != 0 and "Traceback" not in r.stderr and "no default generator checkpoint" in r.stderr
     r = cli("sample", "--checkpoint", str(models["gen"]), "--seeds", "a-b", "-o", "x.h5", cwd=tmp_path)
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "--seeds" in r.stderr
+
+
+def test_export_from_snapshot_matches_final_generator(models, tmp_path):
+    from cellgen.gen.generator import ContourGenerator
+    from cellgen.gen.train import export_generator
+
+    exported = export_generator(models["root"] / "gen", tmp_path / "exported.pt")
+    a, b = ContourGenerator.load(models["gen"]), ContourGenerator.load(exported)
+    assert np.array_equal(a.label_maps([0, 1], psi=0.7), b.label_maps([0, 1], psi=0.7))
+    assert b.info["exported_from_snapshot"] and b.info["steps"] == a.info["steps"]
+    assert a.info["pixel_size_um"] == 0.5

@@ -468,6 +468,43 @@ def train_contours(
             "wall_time_s": round(wall, 1),
             "device": str(dev) + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""),
             "preset": preset, "seed": int(seed), "augment": str(augment), "final_augment_p": round(aug_p, 6)}
+    pixel_size = _pixel_size_of(data)
+    if pixel_size:
+        info["pixel_size_um"] = pixel_size  # cellgen sample measures density with it
     save_checkpoint(gen_path, GENERATOR_KIND, cfg, G_ema.state_dict(),
                     {"w_avg": G_ema.mapping.w_avg.detach().cpu()}, info=info)
     return gen_path
+
+
+def _pixel_size_of(data) -> float | None:
+    try:
+        from cellgen.datasets.h5 import BenchmarkSet
+
+        with BenchmarkSet(data) as ds:
+            return ds.pixel_size_um
+    except CellgenError:
+        return None
+
+
+def export_generator(run_dir, out_path=None, half: bool = False) -> Path:
+    """Write the EMA generator of a run's last snapshot as a ``contour-generator`` checkpoint.
+
+    For a run stopped before its planned length: the snapshot holds everything up to its
+    last tick, and the run itself can still be resumed later.
+    """
+    run_dir = Path(run_dir)
+    snap = load_checkpoint(run_dir / "snapshot.pt", SNAPSHOT_KIND)
+    cfg = dict(snap["config"]["model"], training=snap["config"]["training"])
+    G_ema = {k[len("G_ema."):]: v for k, v in snap["state_dict"].items() if k.startswith("G_ema.")}
+    run = snap["config"].get("run", {})
+    step = int(snap["extra"]["step"])
+    batch = int(cfg["training"]["batch"])
+    info = {"data": str(run.get("data", "")), "steps": step, "kimg": round(step * batch / 1000, 4), "batch": batch,
+            "wall_time_s": round(float(snap["extra"]["wall_s"]), 1), "device": "cpu", "preset": cfg.get("preset"),
+            "seed": run.get("seed"), "final_augment_p": round(float(snap["extra"]["augment_p"]), 6),
+            "exported_from_snapshot": True}
+    pixel_size = _pixel_size_of(run.get("data", "")) if run.get("data") else None
+    if pixel_size:
+        info["pixel_size_um"] = pixel_size
+    return save_checkpoint(Path(out_path or run_dir / "generator.pt"), GENERATOR_KIND, cfg, G_ema,
+                           {"w_avg": G_ema["mapping.w_avg"]}, info=info, half=half)
