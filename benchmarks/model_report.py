@@ -133,38 +133,112 @@ def render_section(renderer_path, data, heldout, out):
     return rend, result
 
 
-def speed_section(gen, rend):
-    t = time.perf_counter()
+def speed_section(gen, rend, heldout):
+    """Seconds per image of each stage on this CPU: label map + exact masks, rendering, noise."""
     n = 8
-    masks = masks_from_scores(gen.label_maps(list(range(n)), psi=0.5))
-    images = rend.render_batch(np.stack([m.semantic for m in masks]), np.stack([m.cell for m in masks]),
-                               np.stack([m.nucleus for m in masks]))
+    t = time.perf_counter()
+    masks_from_scores(gen.label_maps(list(range(n)), psi=0.5))
+    contours = (time.perf_counter() - t) / n
+    with BenchmarkSet(heldout) as ds:
+        ms = [ds.masks(i) for i in range(n)]
+    t = time.perf_counter()
+    images = rend.render_batch(np.stack([m.semantic for m in ms]), np.stack([m.cell for m in ms]),
+                               np.stack([m.nucleus for m in ms]))
+    render = (time.perf_counter() - t) / n
+    t = time.perf_counter()
     for i, im in enumerate(images):
         noise.apply_noise(to_uint16(im), noise.get_preset("poisson"), noise.variant_seed(i, "poisson"))
-    seconds = (time.perf_counter() - t) / n
-    return {"seconds_per_image": seconds, "cpu": platform.processor() or platform.machine(), "threads": __import__("torch").get_num_threads()}
+    noisy = (time.perf_counter() - t) / n
+    import torch
+
+    return {"contours_s_per_image": contours, "contour_resolution": gen.resolution,
+            "render_s_per_image": render, "render_resolution": int(images.shape[-1]), "noise_s_per_image": noisy,
+            "cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads()}
 
 
-def fig4(gen, rend, path, seeds=(0, 1, 2)):
-    """Like the paper's Fig. 4: contours and rendered images across psi for a few seeds."""
+def fig4(gen, rend, path, seeds=(0, 1, 2), render: bool = True):
+    """Like the paper's Fig. 4: contours (and rendered images) across psi for a few seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2 * len(seeds), len(PSIS), figsize=(2.4 * len(PSIS), 4.6 * len(seeds)))
+    rows = 2 if render else 1
+    fig, axes = plt.subplots(rows * len(seeds), len(PSIS), figsize=(2.4 * len(PSIS), 2.3 * rows * len(seeds)),
+                             squeeze=False)
     for i, seed in enumerate(seeds):
         for j, psi in enumerate(PSIS):
             m = masks_from_scores(gen.label_maps([seed], psi=psi))[0]
-            im = rend.render(m.semantic, m.cell, m.nucleus)
-            axes[2 * i, j].imshow(semantic_rgb(m.semantic))
-            axes[2 * i, j].set_title(f"seed {seed}, psi {psi:g}: {m.count} cells", fontsize=7)
-            axes[2 * i + 1, j].imshow(composite(im))
-            for ax in (axes[2 * i, j], axes[2 * i + 1, j]):
-                ax.set_axis_off()
+            ax = axes[rows * i, j]
+            ax.imshow(outlined(semantic_rgb(m.semantic), m.cell, m.nucleus))
+            ax.set_title(f"seed {seed}, psi {psi:g}: {m.count} cells", fontsize=7)
+            ax.set_axis_off()
+            if render:
+                axes[rows * i + 1, j].imshow(composite(rend.render(m.semantic, m.cell, m.nucleus)))
+                axes[rows * i + 1, j].set_axis_off()
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def write_markdown(report: dict, path: Path):
+    c, r, sp = report["contours"], report["rendering"], report["speed"]
+    gi, ri = report["generator"]["info"], report["renderer"]["info"]
+    lines = [
+        "# Model quality report",
+        "",
+        f"Generator `{Path(report['generator']['path']).name}` (sha256 `{report['generator']['sha256'][:16]}...`): "
+        f"{gi.get('kimg')} kimg, {gi.get('steps')} steps, batch {gi.get('batch')}, {gi.get('wall_time_s')} s on "
+        f"{gi.get('device')}.",
+        f"Renderer `{Path(report['renderer']['path']).name}` (sha256 `{report['renderer']['sha256'][:16]}...`): "
+        f"{ri.get('steps')} steps, {ri.get('wall_time_s', ri.get('wall_s', '?'))} s on {ri.get('device')}.",
+        "",
+        "## Contours: generated (psi = 1) vs training masks",
+        "",
+        "| quantity | training | generated | KS statistic | KS p |",
+        "|---|---|---|---|---|",
+        f"| cells per image (mean) | {c['count']['training_mean']:.1f} | {c['count']['generated_mean']:.1f} "
+        f"| {c['count']['ks']['statistic']:.3f} | {c['count']['ks']['pvalue']:.2g} |",
+        f"| cell area, um^2 (median) | {c['cell_area_um2']['training_median']:.0f} | "
+        f"{c['cell_area_um2']['generated_median']:.0f} | {c['cell_area_um2']['ks']['statistic']:.3f} | "
+        f"{c['cell_area_um2']['ks']['pvalue']:.2g} |",
+        f"| nucleus area, um^2 (median) | {c['nucleus_area_um2']['training_median']:.0f} | "
+        f"{c['nucleus_area_um2']['generated_median']:.0f} | {c['nucleus_area_um2']['ks']['statistic']:.3f} | "
+        f"{c['nucleus_area_um2']['ks']['pvalue']:.2g} |",
+        "",
+        f"Label maps giving at least one valid cell: {100 * c['valid_fraction']:.0f}% of {c['n_generated']}.",
+        "",
+        "| psi | " + " | ".join(c["count_by_psi"]) + " |",
+        "|---|" + "---|" * len(c["count_by_psi"]),
+        "| cells per image, min-max (mean) | " + " | ".join(
+            f"{v['count_min']}-{v['count_max']} ({v['count_mean']:.1f})" for v in c["count_by_psi"].values()) + " |",
+        "",
+        f"Seeds whose cell count changes monotonically with psi in {{-1, -0.5, 0, 0.5, 1}}: "
+        f"{100 * c['psi_monotonic_fraction']:.0f}%; along the W density direction (fit R^2 "
+        f"{c['direction_fit_r2']:.2f}): {100 * c['direction_monotonic_fraction']:.0f}%.",
+        "",
+        "![contours](contours.png)",
+        "",
+        "![psi](fig4_psi.png)",
+        "",
+        "## Rendering fidelity (the paper's Table 3 protocol, on held-out masks)",
+        "",
+        "| images segmented | compartment | aAcc | mIoU | mAcc | mDice | mPrecision | mRecall |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    keys = ("aAcc", "mIoU", "mAcc", "mDice", "mPrecision", "mRecall")
+    for name in ("real", "rendered"):
+        for comp in ("cell", "nucleus"):
+            m = r.get(name, {}).get(comp)
+            if m:
+                lines.append(f"| {name} | {comp} | " + " | ".join(f"{100 * m[k]:.2f}" for k in keys) + " |")
+    lines += ["| paper, Pix2PixHD | | 95.16 | 88.27 | 94.44 | 93.72 | 93.04 | 94.44 |", "",
+              "![rendering](render_eval.png)", "",
+              "## Speed on this CPU (seconds per image)", "",
+              f"contour label map + exact masks at {sp['contour_resolution']} px: {sp['contours_s_per_image']:.3f}; "
+              f"rendering at {sp['render_resolution']} px: {sp['render_s_per_image']:.3f}; Poisson noise: "
+              f"{sp['noise_s_per_image']:.4f} ({sp['cpu']}, {sp['torch_threads']} torch thread(s)).", ""]
+    path.write_text("\n".join(lines))
 
 
 def main():
@@ -174,6 +248,8 @@ def main():
     ap.add_argument("--data", required=True, help="training corpus (HDF5)")
     ap.add_argument("--heldout", required=True, help="held-out image+mask pairs (HDF5) for rendering fidelity")
     ap.add_argument("-n", type=int, default=96)
+    ap.add_argument("--no-render-figure", action="store_true",
+                    help="contours only in fig4 (when generator and renderer differ in pixel size)")
     ap.add_argument("-o", "--output", required=True)
     args = ap.parse_args()
     out = Path(args.output)
@@ -186,9 +262,10 @@ def main():
     rend, rendering = render_section(args.renderer, args.data, args.heldout, out)
     report["renderer"] = {"path": args.renderer, "sha256": rend.sha256, "info": rend.info}
     report["rendering"] = rendering
-    report["speed"] = speed_section(gen, rend)
-    fig4(gen, rend, out / "fig4_psi.png")
+    report["speed"] = speed_section(gen, rend, args.heldout)
+    fig4(gen, rend, out / "fig4_psi.png", render=not args.no_render_figure)
     (out / "report.json").write_text(json.dumps(report, indent=2, default=float))
+    write_markdown(report, out / "report.md")
     print(json.dumps({k: report[k] for k in ("contours", "speed")}, indent=2, default=float))
 
 
