@@ -364,3 +364,21 @@ def _train(data, out_dir, preset, *, steps, epochs, batch, seed, device, resume,
         return final
     finally:
         source.close()
+
+
+def export_renderer(run_dir, out_path=None, half: bool = False) -> Path:
+    """Write the generator of a run's last snapshot as a ``renderer`` checkpoint.
+
+    For a run paused by ``max_minutes`` (or stopped): the snapshot holds everything up to its
+    last tick; the run can still be resumed later.
+    """
+    run_dir = Path(run_dir)
+    snap = load_checkpoint(run_dir / "snapshot.pt", SNAPSHOT_KIND)
+    training = snap["config"]["training"]
+    step = int(snap["extra"]["step"])
+    info = {"data": training.get("data"), "steps": step, "planned_steps": training.get("steps"),
+            "wall_time_s": round(float(snap["extra"]["wall_s"]), 1), "device": "cpu",
+            "torch": torch.__version__, "preset": snap["config"]["model"].get("preset"),
+            "exported_from_snapshot": True}
+    return save_checkpoint(Path(out_path or run_dir / "renderer.pt"), KIND, snap["config"]["model"],
+                           snap["state_dict"], info=info, half=half)
