@@ -237,6 +237,32 @@ def export_cmd(file, out_dir, fmt, variants, quiet):
 
 
 @cli.group(cls=_Group)
+def checkpoints():
+    """Installed model checkpoints."""
+
+
+@checkpoints.command("list")
+def checkpoints_list():
+    """Checkpoints in the default folder ($CELLGEN_CHECKPOINTS or the repository's checkpoints/)."""
+    from cellgen.defaults import FILES, checkpoints_dir
+
+    folder = checkpoints_dir()
+    cards = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    if not cards:
+        click.echo(f"no checkpoints in {folder}")
+        return
+    defaults = set(FILES.values())
+    for card in cards:
+        meta = json.loads(card.read_text())
+        info = meta.get("info", {})
+        pt = card.with_suffix(".pt")
+        mark = " (default)" if pt.name in defaults else ""
+        click.echo(f"{pt.name}{mark}: {meta.get('kind')}, preset {meta.get('config', {}).get('preset', '?')}, "
+                   f"{info.get('steps', '?')} steps, {meta.get('storage')}, sha256 {meta.get('sha256', '?')[:16]}..."
+                   + ("" if pt.exists() else "  [weights file missing]"))
+
+
+@cli.group(cls=_Group)
 def train():
     """Train the contour generator or the renderer on your own masks and images."""
 
@@ -298,17 +324,18 @@ def eval_group():
 @click.option("--checkpoint", help="Renderer checkpoint [default: shipped].")
 @click.option("--data", required=True, type=click.Path(), help="The renderer's real image+mask pairs.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder for JSON + figure.")
+@click.option("--heldout", type=click.Path(), help="Image+mask pairs the renderer never saw [default: a split of --data].")
 @click.option("--segmenter-steps", default=300, show_default=True, type=click.IntRange(1))
 @click.option("--max-images", default=64, show_default=True, type=click.IntRange(2))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="cpu", show_default=True)
-def eval_render(checkpoint, data, output, segmenter_steps, max_images, seed, device):
+def eval_render(checkpoint, data, output, heldout, segmenter_steps, max_images, seed, device):
     """Rendering fidelity (the paper's Table 3): a U-Net trained on real pairs segments rendered images."""
     from cellgen.render.evaluate import evaluate_renderer
     from cellgen.render.renderer import Renderer
 
     rend = Renderer.load(checkpoint or _default_checkpoint("renderer"), device=device)
-    result = evaluate_renderer(rend, data, max_images=max_images, segmenter_steps=segmenter_steps, seed=seed,
+    result = evaluate_renderer(rend, data, heldout=heldout, max_images=max_images, segmenter_steps=segmenter_steps, seed=seed,
                                device=device, out_dir=output, progress=True)
     click.echo(json.dumps({k: v for k, v in result.items() if k in ("rendered", "real")}, indent=2, default=float))
     click.echo(f"results in {output}/")
