@@ -245,7 +245,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--generator", required=True)
     ap.add_argument("--renderer", required=True)
-    ap.add_argument("--data", required=True, help="training corpus (HDF5)")
+    ap.add_argument("--data", required=True, help="the generator's training corpus (HDF5)")
+    ap.add_argument("--render-data", help="the renderer's training pairs (HDF5) [default: --data]")
     ap.add_argument("--heldout", required=True, help="held-out image+mask pairs (HDF5) for rendering fidelity")
     ap.add_argument("-n", type=int, default=96)
     ap.add_argument("--no-render-figure", action="store_true",
@@ -259,7 +260,7 @@ def main():
         pixel_size = ds.pixel_size_um
     report = {"generator": {"path": args.generator, "sha256": gen.sha256, "info": gen.info},
               "contours": contour_section(gen, args.data, args.n, out, pixel_size)}
-    rend, rendering = render_section(args.renderer, args.data, args.heldout, out)
+    rend, rendering = render_section(args.renderer, args.render_data or args.data, args.heldout, out)
     report["renderer"] = {"path": args.renderer, "sha256": rend.sha256, "info": rend.info}
     report["rendering"] = rendering
     report["speed"] = speed_section(gen, rend, args.heldout)
