@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import ks_2samp
 
-from cellgen import density, noise
+from cellgen import noise
 from cellgen.datasets.h5 import BenchmarkSet
 from cellgen.density_control import (
     direction_sweep,

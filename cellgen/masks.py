@@ -194,12 +194,6 @@ def instances_from_semantic(semantic: np.ndarray, **kwargs) -> Masks:
     return instances_from_label_map(classes, **kwargs)
 
 
-def masks_from_instances(cell: np.ndarray, nucleus: np.ndarray) -> Masks:
-    """Bundle instance maps with their derived semantic map, after validating them."""
-    check_masks(cell, nucleus)
-    return Masks(semantic_from_instances(cell, nucleus), cell.astype(np.uint32), nucleus.astype(np.uint32))
-
-
 def validate(cell, nucleus, semantic=None, shape: tuple[int, int] | None = None) -> list[str]:
     """Every inconsistency of one image's masks, as messages (empty list = valid).
 

@@ -49,7 +49,7 @@ def preview_set(path, out, variant: str = CLEAN, per_tier: int = 4, outlines: bo
 
     with BenchmarkSet(path) as ds:
         if ds.has_images:
-            ds._need_variant(variant)
+            ds.require_variant(variant)
         rows = []
         for tier in ds.tier_scheme.names:
             idx = ds.indices(tier)

@@ -147,7 +147,7 @@ def run_bench(
         if not ds.has_images and not hasattr(method, "labels_for"):
             raise CellgenError(f"{data} is a masks-only set: there are no images to segment")
         for v in variants:
-            ds._need_variant(v)
+            ds.require_variant(v)
         for t in tiers or []:
             ds.indices(t)
         indices = np.concatenate([ds.indices(t) for t in tiers]) if tiers else ds.indices()

@@ -89,7 +89,7 @@ def export_set(path, out_dir, fmt: str = "tiff", variants: list[str] | None = No
     with BenchmarkSet(path) as ds:
         variants = list(ds.variants) if variants is None else variants
         for v in variants:
-            ds._need_variant(v)
+            ds.require_variant(v)
         for i in tqdm(range(ds.n), desc=f"exporting to {out}", unit="img", disable=not progress):
             for v in variants:
                 folder = out / "images" if v == CLEAN else out / "noisy" / v

@@ -334,24 +334,24 @@ class BenchmarkSet:
         return self._meta
 
     def noise_params(self, variant: str) -> str:
-        self._need_variant(variant)
+        self.require_variant(variant)
         return self._f[f"noisy/{variant}/images"].attrs["params"] if variant != CLEAN else ""
 
     def snr_db(self, variant: str) -> np.ndarray:
-        self._need_variant(variant)
+        self.require_variant(variant)
         if variant == CLEAN:
             return np.full((self.n, 2), np.inf, np.float32)
         return self._f[f"noisy/{variant}/snr_db"][()]
 
     # -- data ---------------------------------------------------------------------------
-    def _need_variant(self, variant: str):
+    def require_variant(self, variant: str):
         if variant not in self.variants:
             have = ", ".join(self.variants) or "none (masks-only set)"
             raise DatasetError(f"{self.path} has no image variant '{variant}'; it has: {have}")
 
     def images(self, index, variant: str = CLEAN) -> np.ndarray:
         """Image(s) of a variant; ``index`` is an int, slice or sorted index array."""
-        self._need_variant(variant)
+        self.require_variant(variant)
         name = "images" if variant == CLEAN else f"noisy/{variant}/images"
         return self._f[name][index]
 
@@ -383,7 +383,7 @@ class BenchmarkSet:
 
     def iter_images(self, variant: str = CLEAN, tier: str | None = None):
         """Yield ``(index, image, masks)`` for one variant, optionally one tier."""
-        self._need_variant(variant)
+        self.require_variant(variant)
         for i in self.indices(tier):
             yield int(i), self.images(int(i), variant), self.masks(int(i))
 
