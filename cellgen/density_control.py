@@ -95,8 +95,11 @@ def direction_sweep(gen, direction: DensityDirection, seeds, alphas, pixel_size_
 
 
 def targeted_draws(gen, accept, n: int, psis, pixel_size_um: float, first_seed: int = 0,
-                   max_draws: int = 10000, batch_size: int = 16):
+                   max_draws: int = 10000, batch_size: int = 16, output_size: int | None = None):
     """Draw (seed, psi) in a fixed order until ``n`` masks satisfy ``accept(measures)``.
+
+    Masks are made at ``output_size`` (as the set will hold them), ``pixel_size_um`` is
+    the pixel size there.
 
     Returns the accepted ``[(seed, psi, masks, measures)]`` and the number of draws, so the
     sampling can be reported and repeated exactly.
@@ -107,7 +110,7 @@ def targeted_draws(gen, accept, n: int, psis, pixel_size_um: float, first_seed: 
         seed += batch_size
         w = gen.w_from_seeds(seeds)
         for psi in psis:
-            for s, m in zip(seeds, masks_from_scores(gen.label_maps_from_w(gen.truncate(w, psi)))):
+            for s, m in zip(seeds, masks_from_scores(gen.label_maps_from_w(gen.truncate(w, psi), output_size=output_size))):
                 draws += 1
                 measures = density.measure(m.cell, pixel_size_um)
                 if accept(measures) and len(accepted) < n:

@@ -101,7 +101,20 @@ def test_export_from_snapshot_matches_final_generator(models, tmp_path):
     a, b = ContourGenerator.load(models["gen"]), ContourGenerator.load(exported)
     assert np.array_equal(a.label_maps([0, 1], psi=0.7), b.label_maps([0, 1], psi=0.7))
     assert b.info["exported_from_snapshot"] and b.info["steps"] == a.info["steps"]
-    assert a.info["pixel_size_um"] == 0.5
+    # 64 px training maps at 0.5 um/px, resized to the tiny preset's 32 px: 1 um per map pixel
+    assert a.info["pixel_size_um"] == b.info["pixel_size_um"] == 1.0
+
+
+def test_sample_draws_at_the_renderer_scale(models, tmp_path):
+    from cellgen.datasets.h5 import BenchmarkSet
+
+    r = cli("sample", "--checkpoint", str(models["gen"]), "--renderer", str(models["rend"]), "--psi", "1",
+            "--seeds", "0-1", "--variants", "clean", "-o", "s.h5", "-q", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    with BenchmarkSet(tmp_path / "s.h5") as ds:
+        # the 32 px generator (1 um/px) feeds a renderer trained on 64 px maps at 0.5 um/px
+        assert ds.image_size == (64, 64) and ds.pixel_size_um == 0.5
+        assert ds.attrs["recipe"] and json.loads(ds.attrs["recipe"])["size"] == 64
 
 
 def test_export_renderer_from_snapshot_matches_final(models, tmp_path):

@@ -154,3 +154,53 @@ def test_build_with_foreign_checksum_keeps_nothing(tmp_path, monkeypatch):
     with pytest.raises(CellgenError, match="nothing was kept"):
         registry.build("dsb2018-slice", tmp_path / "d.h5", progress=False, registry=reg)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoints(tmp_path_factory):
+    """A checkpoints folder with a tiny contour generator and renderer, each trained 2 steps."""
+    from cellgen.gen.train import train_contours
+    from cellgen.pipeline import simulate_set
+    from cellgen.render.train import train_renderer
+    from cellgen.simulate import SimulationConfig
+
+    root = tmp_path_factory.mktemp("ckpt")
+    data = simulate_set(root / "train.h5", SimulationConfig(size=64, count=(2, 6), cell_radius_um=5), 6, seed=0,
+                        variants=[], progress=False)
+    gen = train_contours(data, root / "g", "tiny", steps=2, progress=False)
+    rend = train_renderer(data, root / "r", "tiny", steps=2, progress=False)
+    folder = root / "checkpoints"
+    folder.mkdir()
+    for src, name in ((gen, "gen.pt"), (rend, "rend.pt")):
+        (folder / name).write_bytes(src.read_bytes())
+        (folder / name).with_suffix(".json").write_text(src.with_suffix(".json").read_text())
+    return folder
+
+
+def _sampled_registry(folder, tmp_path, gen_sha=None):
+    recipe = {"builder": "sample", "generator": {"file": "gen.pt", "sha256": gen_sha or sha256_of(folder / "gen.pt")},
+              "renderer": {"file": "rend.pt", "sha256": sha256_of(folder / "rend.pt")}, "seeds": [0, 3],
+              "psi": [-1.0, 0.0, 1.0], "size": 64, "pixel_size_um": 0.5, "batch_size": 4, "variants": ["poisson"],
+              "tiers": {"measure": "count", "thresholds": [3, 6], "names": ["low", "medium", "high"]}}
+    entry = {"description": "test", "schema_version": 1, "sha256": "", "size_bytes": 0, "urls": [], "mirrors": [],
+             "license": "x", "citation": "x", "recipe": recipe}
+    return {"schema": 1, "sets": {"gen": {"latest": "1", "versions": {"1": entry}}}}
+
+
+def test_sample_recipe_builds_the_same_bytes_twice(tiny_checkpoints, tmp_path, monkeypatch):
+    monkeypatch.setenv("CELLGEN_CHECKPOINTS", str(tiny_checkpoints))
+    reg = _sampled_registry(tiny_checkpoints, tmp_path)
+    path, digest = registry.build("gen", tmp_path / "a.h5", check=False, progress=False, registry=reg)
+    reg["sets"]["gen"]["versions"]["1"]["sha256"] = digest
+    path2, digest2 = registry.build("gen", tmp_path / "b.h5", progress=False, registry=reg)
+    assert digest2 == digest
+    summary = verify(path2)
+    assert summary["n_images"] == 12 and summary["image_size"] == [64, 64]
+
+
+def test_sample_recipe_refuses_another_checkpoint(tiny_checkpoints, tmp_path, monkeypatch):
+    monkeypatch.setenv("CELLGEN_CHECKPOINTS", str(tiny_checkpoints))
+    reg = _sampled_registry(tiny_checkpoints, tmp_path, gen_sha="1" * 64)
+    with pytest.raises(CellgenError, match="a different contour generator"):
+        registry.build("gen", tmp_path / "a.h5", check=False, progress=False, registry=reg)
+    assert not (tmp_path / "a.h5").exists()

@@ -31,7 +31,7 @@ import numpy as np
 
 from cellgen import __version__
 from cellgen.density import TierScheme
-from cellgen.errors import DatasetError
+from cellgen.errors import CellgenError, DatasetError
 from cellgen.masks import Masks, validate
 
 FORMAT = "cellgen-benchmark"
@@ -398,6 +398,15 @@ class BenchmarkSet:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def pixel_size_of(path) -> float | None:
+    """The pixel size (um) a set records, or None when ``path`` is no readable set (a folder)."""
+    try:
+        with BenchmarkSet(path) as ds:
+            return ds.pixel_size_um
+    except CellgenError:
+        return None
 
 
 def verify(path) -> dict:

@@ -213,9 +213,40 @@ def _run_recipe(recipe: dict, path: Path, command: str, progress: bool) -> None:
             cfg = dict(cfg, count=tuple(cfg["count"]))
         simulate_set(path, SimulationConfig(**cfg), recipe["n"], seed=recipe["seed"], variants=recipe["variants"],
                      **common)
+    elif builder == "sample":
+        _build_sampled(recipe, path, common)
     elif builder == "real":
         from cellgen.datasets.real import build_real_set
 
         build_real_set(recipe["name"], path, overwrite=True)
     else:
         raise CellgenError(f"recipe builder '{builder}' is not known to this cellgen; upgrade cellgen")
+
+
+def _recipe_checkpoint(spec: dict, kind: str) -> Path:
+    """The checkpoint a recipe names (by file in the checkpoints folder), checked by sha256."""
+    from cellgen.defaults import checkpoints_dir
+
+    path = checkpoints_dir() / spec["file"]
+    if not path.exists():
+        raise CellgenError(f"this set is built with the {kind} {path.name}, which is not installed at {path}")
+    digest = sha256_of(path)
+    if digest != spec["sha256"]:
+        raise CellgenError(f"{path} has sha256 {digest}, the recipe needs {spec['sha256']} "
+                           f"(a different {kind}); nothing was built")
+    return path
+
+
+def _build_sampled(recipe: dict, path: Path, common: dict) -> None:
+    """A set from the shipped contour generator + renderer: every seed x every psi."""
+    from cellgen.gen.generator import ContourGenerator
+    from cellgen.pipeline import generated_set
+    from cellgen.render.renderer import Renderer
+
+    gen = ContourGenerator.load(_recipe_checkpoint(recipe["generator"], "contour generator"))
+    rend = Renderer.load(_recipe_checkpoint(recipe["renderer"], "renderer"))
+    first, last = recipe["seeds"]
+    pairs = [(s, float(p)) for s in range(int(first), int(last) + 1) for p in recipe["psi"]]
+    generated_set(path, gen, pairs, renderer=rend, pixel_size_um=float(recipe["pixel_size_um"]),
+                  size=int(recipe["size"]), batch_size=int(recipe.get("batch_size", 8)),
+                  variants=recipe["variants"], **common)

@@ -1,6 +1,6 @@
 """The contour generator: a StyleGAN2 that draws 4-class cell label maps.
 
-* :mod:`cellgen.gen.networks`: the networks, presets (``paper512``, ``small256``, ``tiny``),
+* :mod:`cellgen.gen.networks`: the networks, presets (``paper512``, ``small256``, ``small128``, ``tiny``),
   :func:`~cellgen.gen.networks.z_from_seed`;
 * :mod:`cellgen.gen.generator`: :class:`~cellgen.gen.generator.ContourGenerator`, the
   sampling API the rest of cellgen uses;

@@ -141,8 +141,14 @@ class ContourGenerator:
                        None if cutoff is None else int(cutoff))
         return out.numpy()
 
-    def label_maps_from_w(self, w, noise_mode: str = "const", batch_size: int = 1, seeds=None) -> np.ndarray:
+    def label_maps_from_w(self, w, noise_mode: str = "const", batch_size: int = 1, seeds=None,
+                          output_size: int | None = None) -> np.ndarray:
         """(N, 4, R, R) float32 raw class scores for given w (N, num_ws, w_dim).
+
+        ``output_size`` (default: the network's resolution R) resamples the scores bilinearly
+        to that size: a generator trained at 128 px on 1 um/px maps then yields 256 px maps at
+        0.5 um/px with smooth contours (interpolating scores, not argmax classes, is what keeps
+        the contours smooth rather than blocky).
 
         ``batch_size`` > 1 is faster, but CPU kernels round differently for different batch
         shapes, so only ``batch_size=1`` (the default) makes every image bit-identical
@@ -168,15 +174,25 @@ class ContourGenerator:
                     img = torch.cat(imgs)
                 else:
                     img = self.G.synthesis(wt, noise_mode=noise_mode)
-                out.append(img.float().cpu().numpy())
+                img = img.float()
+                if output_size is not None and int(output_size) != img.shape[-1]:
+                    img = torch.nn.functional.interpolate(img, size=(int(output_size),) * 2, mode="bilinear",
+                                                          align_corners=False)
+                out.append(img.cpu().numpy())
         return np.concatenate(out, axis=0)
 
     def label_maps(self, seeds, psi: float = 1.0, cutoff: int | None = None, noise_mode: str = "const",
-                   batch_size: int = 1) -> np.ndarray:
+                   batch_size: int = 1, output_size: int | None = None) -> np.ndarray:
         """(N, 4, R, R) float32 raw class scores for seeds at truncation ``psi``."""
         seeds = _seeds(seeds)
         w = self.truncate(self.w_from_seeds(seeds), psi, cutoff)
-        return self.label_maps_from_w(w, noise_mode=noise_mode, batch_size=batch_size, seeds=seeds)
+        return self.label_maps_from_w(w, noise_mode=noise_mode, batch_size=batch_size, seeds=seeds,
+                                      output_size=output_size)
+
+    def pixel_size_at(self, output_size: int | None = None) -> float:
+        """um/px of maps resampled to ``output_size``, from the training data's pixel size."""
+        base = float(self.info.get("pixel_size_um", 0.5))
+        return base * self.resolution / int(output_size or self.resolution)
 
     def classes(self, seeds, psi: float = 1.0, **kwargs) -> np.ndarray:
         """(N, R, R) uint8 class maps (argmax of :meth:`label_maps`)."""

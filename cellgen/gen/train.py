@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -53,6 +54,7 @@ from tqdm import tqdm
 
 from cellgen.checkpoint import load_checkpoint, load_into, save_checkpoint
 from cellgen.errors import CellgenError
+from cellgen.datasets.h5 import pixel_size_of
 from cellgen.fileio import atomic_path
 from cellgen.gen.generator import KIND as GENERATOR_KIND
 from cellgen.gen.generator import resolve_device
@@ -221,12 +223,19 @@ def train_contours(
     sample_seeds=tuple(range(16)),
     keep_samples: int = 3,
     config_overrides: dict | None = None,
+    dihedral: bool = True,
+    max_minutes: float | None = None,
 ) -> Path:
     """Train (or resume) and return the path of ``out_dir/generator.pt``.
 
     Give exactly one of ``kimg`` (thousands of real images shown) or ``steps``. ``log`` is an
     optional callable receiving each tick's log dict (after it is written and snapshotted).
     Hyper-parameters left ``None`` come from the preset's ``training`` section.
+    ``dihedral`` shows each real map in a random one of its 8 flips/rotations: cell layouts
+    have no preferred orientation, so this multiplies the data by 8 without changing the
+    distribution G must learn (unlike ``augment``, which D sees on fakes too).
+    ``max_minutes`` stops after the first tick past that wall time (snapshot written);
+    rerunning the same call resumes.
     """
     t_start = time.time()
     dev = resolve_device(device)
@@ -258,7 +267,8 @@ def train_contours(
         raise CellgenError(f"augmentation probability must lie in [0, 1], got {p_fixed}")
     if tick_steps is None:
         tick_steps = max(1, min(total, round(1000 / batch)))  # about one kimg per tick
-    run = {"preset": preset, "batch": batch, "seed": int(seed), "augment": str(augment), "data": str(data)}
+    run = {"preset": preset, "batch": batch, "seed": int(seed), "augment": str(augment), "data": str(data),
+           "dihedral": bool(dihedral)}
     cfg["training"] = tr
 
     out_dir = Path(out_dir)
@@ -320,7 +330,13 @@ def train_contours(
 
     def real_batch():
         idx = torch.randint(0, n_data, (batch,))
-        return _to_input(classes[idx]).to(dev)
+        maps = classes[idx]
+        if dihedral:
+            flip = torch.rand(batch) < 0.5
+            maps = torch.where(flip[:, None, None], maps.flip(2), maps)
+            k = torch.randint(0, 4, (batch,))
+            maps = torch.stack([m.rot90(int(j), dims=(0, 1)) for m, j in zip(maps, k)])
+        return _to_input(maps).to(dev)
 
     def run_G(z, update=True):
         ws = G.mapping(z, update_w_avg=update)
@@ -458,6 +474,11 @@ def train_contours(
             tick_start = time.time()
             if log is not None:
                 log(entry)
+            if max_minutes is not None and time.time() - t_start > 60.0 * max_minutes and step < total:
+                bar.close()
+                print(f"stopped after {max_minutes} min at step {step} of {total}; run again to resume",
+                      file=sys.stderr)
+                return out_dir / "snapshot.pt"
     bar.close()
 
     gen_path = out_dir / "generator.pt"
@@ -468,7 +489,7 @@ def train_contours(
             "wall_time_s": round(wall, 1),
             "device": str(dev) + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""),
             "preset": preset, "seed": int(seed), "augment": str(augment), "final_augment_p": round(aug_p, 6)}
-    pixel_size = _pixel_size_of(data)
+    pixel_size = _map_pixel_size(data, res)
     if pixel_size:
         info["pixel_size_um"] = pixel_size  # cellgen sample measures density with it
     save_checkpoint(gen_path, GENERATOR_KIND, cfg, G_ema.state_dict(),
@@ -476,14 +497,16 @@ def train_contours(
     return gen_path
 
 
-def _pixel_size_of(data) -> float | None:
-    try:
-        from cellgen.datasets.h5 import BenchmarkSet
-
-        with BenchmarkSet(data) as ds:
-            return ds.pixel_size_um
-    except CellgenError:
+def _map_pixel_size(data, resolution: int) -> float | None:
+    """um/px of the generator's maps: the data's, scaled as :func:`_fit` crops and resizes."""
+    pixel_size = pixel_size_of(data)
+    if not pixel_size:
         return None
+    from cellgen.datasets.h5 import BenchmarkSet
+
+    with BenchmarkSet(data) as ds:
+        side = min(ds.image_size)
+    return float(pixel_size) * side / int(resolution)
 
 
 def export_generator(run_dir, out_path=None, half: bool = False) -> Path:
@@ -503,7 +526,7 @@ def export_generator(run_dir, out_path=None, half: bool = False) -> Path:
             "wall_time_s": round(float(snap["extra"]["wall_s"]), 1), "device": "cpu", "preset": cfg.get("preset"),
             "seed": run.get("seed"), "final_augment_p": round(float(snap["extra"]["augment_p"]), 6),
             "exported_from_snapshot": True}
-    pixel_size = _pixel_size_of(run.get("data", "")) if run.get("data") else None
+    pixel_size = _map_pixel_size(run["data"], int(cfg["resolution"])) if run.get("data") else None
     if pixel_size:
         info["pixel_size_um"] = pixel_size
     return save_checkpoint(Path(out_path or run_dir / "generator.pt"), GENERATOR_KIND, cfg, G_ema,

@@ -40,6 +40,7 @@ import torch
 from tqdm import tqdm
 
 from cellgen.checkpoint import load_checkpoint, load_into, save_checkpoint
+from cellgen.datasets.h5 import pixel_size_of
 from cellgen.errors import CellgenError
 from cellgen.fileio import atomic_path
 from cellgen.render import networks
@@ -357,6 +358,8 @@ def _train(data, out_dir, preset, *, steps, epochs, batch, seed, device, resume,
                 "wall_time_s": round(wall, 1), "device": str(dev),
                 "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
                 "torch": torch.__version__, "vgg_loss": bool(vgg), "preset": preset}
+        if pixel_size_of(training["data"]):
+            info["pixel_size_um"] = pixel_size_of(training["data"])  # cellgen sample matches scales with it
         final = out_dir / "renderer.pt"
         save_checkpoint(final, KIND, config, G.state_dict(), info=info)
         write_log({"event": "end", "step": step, "wall_s": round(wall, 3), "renderer": str(final)})
@@ -380,5 +383,7 @@ def export_renderer(run_dir, out_path=None, half: bool = False) -> Path:
             "wall_time_s": round(float(snap["extra"]["wall_s"]), 1), "device": "cpu",
             "torch": torch.__version__, "preset": snap["config"]["model"].get("preset"),
             "exported_from_snapshot": True}
+    if training.get("data") and pixel_size_of(training["data"]):
+        info["pixel_size_um"] = pixel_size_of(training["data"])
     return save_checkpoint(Path(out_path or run_dir / "renderer.pt"), KIND, snap["config"]["model"],
                            snap["state_dict"], info=info, half=half)
