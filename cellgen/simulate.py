@@ -124,10 +124,27 @@ def _random_shape(rng, cy, cx, radius, irregularity, elongation, n_harmonics=4) 
 def _place_centres(rng, radii, reach, size, margin, cfg: SimulationConfig):
     """Sequential placement: cells keep a separation set by ``touching``, nuclei (with their
     guard ring, ``reach`` from the centre) never overlap. A cell that finds no room shrinks
-    step by step (crowded cultures have smaller cells) down to 0.6x; then it raises.
+    step by step (crowded cultures have smaller cells) down to 0.6x. If one still finds no
+    room (large early cells can block the last ones), the layout starts over with every cell
+    0.9x smaller, up to 3 times; then it raises.
 
     Returns the centres and each cell's scale factor.
     """
+    radii, reach = np.array(radii, float), np.array(reach, float)
+    for restart in range(4):
+        shrink = 0.9 ** restart
+        placed = _try_place(rng, radii * shrink, reach * shrink, size, margin, cfg)
+        if placed is not None:
+            centres, scale = placed
+            return centres, scale * shrink
+    raise CellgenError(
+        f"cannot place {len(radii)} cells of radius ~{cfg.cell_radius_um} um in a {size}x{size} image "
+        f"at {cfg.pixel_size_um} um/px with touching={cfg.touching}; lower --count or the cell radius, "
+        "or raise --touching"
+    )
+
+
+def _try_place(rng, radii, reach, size, margin, cfg: SimulationConfig):
     n = len(radii)
     separation = 1.05 - 0.4 * cfg.touching
     centres = np.zeros((n, 2))
@@ -158,11 +175,7 @@ def _place_centres(rng, radii, reach, size, margin, cfg: SimulationConfig):
                 placed = True
                 break
         if not placed:
-            raise CellgenError(
-                f"cannot place {n} cells of radius ~{cfg.cell_radius_um} um in a {size}x{size} image "
-                f"at {cfg.pixel_size_um} um/px with touching={cfg.touching}; lower --count or the cell radius, "
-                "or raise --touching"
-            )
+            return None
         centres[i] = c
     return centres, scale
 

@@ -55,3 +55,24 @@ def test_density_target_and_impossible_requests():
         SimulationConfig(count=(5, 2))
     with pytest.raises(CellgenError, match="touching"):
         SimulationConfig(touching=2.0)
+
+
+def test_crowded_layout_starts_over_smaller_instead_of_failing(monkeypatch):
+    """Large early cells can leave no room for the last ones; the layout then restarts with
+    all cells smaller rather than refusing a count that fits (46 cells in 128 um squared)."""
+    import cellgen.simulate as sim
+
+    outcomes = []
+    original = sim._try_place
+
+    def recording(*args, **kwargs):
+        result = original(*args, **kwargs)
+        outcomes.append(result is not None)
+        return result
+
+    monkeypatch.setattr(sim, "_try_place", recording)
+    cfg = SimulationConfig(size=128, pixel_size_um=1.0, count=46, touching=0.8, clustering=0.4)
+    img = sim.simulate_image(14, cfg)
+    assert outcomes == [False, True]  # the first layout got stuck, the smaller one fitted
+    assert len(np.unique(img.cell)) - 1 == 46
+    assert set(np.unique(img.nucleus)) == set(np.unique(img.cell))
