@@ -11,21 +11,35 @@ Writes ``report.json``, ``report.md`` and figures into the output folder:
   {-1, -0.5, 0, 0.5, 1}; psi-sweep and density-direction monotonic fractions;
 * rendering: ``cellgen.render.evaluate.evaluate_renderer`` on held-out masks (the paper's
   Table 3 metrics) and intensity statistics;
-* speed: seconds per 256 x 256 image for contours + masks + render + noise on this CPU.
+* feature-space Fréchet distance (``cellgen.quality``) per density tier: a set sampled with
+  the public pipeline (``cellgen.pipeline.generated_set``, psi = 1, at the size
+  ``cellgen sample`` uses) against the training corpora, masks against ``--data`` and
+  images against ``--render-data``; FD-EffNetLite0 always, the standard FID as well with
+  ``--inception-weights``;
+* density: cell count range and tier populations across psi in {-1, -0.5, 0, 0.5, 1};
+* ``fig4_psi.png``, like the paper's Fig. 4: rows of seeds, columns of psi, the label map
+  and the rendered image;
+* speed: seconds for one image (contours + masks + render + Poisson noise, written to a
+  set) through ``generated_set`` on this CPU, median of repeats after a warm-up, with the
+  CPU model and thread count.
+
+Set ``OMP_NUM_THREADS`` (1 on a shared machine); the report records the thread count.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 from scipy.stats import ks_2samp
 
-from cellgen import noise
+from cellgen import density, noise
 from cellgen.datasets.h5 import BenchmarkSet
 from cellgen.density_control import (
     direction_sweep,
@@ -36,7 +50,7 @@ from cellgen.density_control import (
 )
 from cellgen.gen.generator import ContourGenerator
 from cellgen.masks import validate
-from cellgen.pipeline import to_uint16
+from cellgen.pipeline import generated_set, to_uint16
 from cellgen.preview import composite, outlined, semantic_rgb
 
 PSIS = [-1.0, -0.5, 0.0, 0.5, 1.0]
@@ -60,7 +74,7 @@ def ks(a, b):
     return {"statistic": float(r.statistic), "pvalue": float(r.pvalue)}
 
 
-def contour_section(gen, data, n, out, pixel_size):
+def contour_section(gen, data, n, out, pixel_size, size=None, psi_seeds=48):
     with BenchmarkSet(data) as ds:
         idx = np.linspace(0, ds.n - 1, min(n, ds.n)).round().astype(int)
         real = [ds.masks(int(i)) for i in idx]
@@ -71,11 +85,22 @@ def contour_section(gen, data, n, out, pixel_size):
     valid = float(np.mean([validate(m.cell, m.nucleus, m.semantic) == [] and m.count > 0 for m in fake]))
     rc, ra, rn = mask_stats(real, pixel_size)
     fc, fa, fn = mask_stats(fake, pixel_size)
+    # density across psi on masks as `cellgen sample` makes them: label maps resampled to the
+    # output size, density measured at that size's pixel size, tiers by the default scheme
+    size = int(size or gen.resolution)
+    out_px = pixel_size * gen.resolution / size
+    tiers = density.DEFAULT_TIERS
     per_psi = {}
+    seeds = list(range(psi_seeds))
     for psi in PSIS:
-        ms = masks_from_scores(gen.label_maps(list(range(32)), psi=psi))
-        c = [m.count for m in ms]
-        per_psi[str(psi)] = {"count_min": int(min(c)), "count_max": int(max(c)), "count_mean": float(np.mean(c))}
+        scores = np.concatenate([gen.label_maps(seeds[s:s + 16], psi=psi, output_size=size)
+                                 for s in range(0, len(seeds), 16)])
+        measures = [density.measure(m.cell, out_px) for m in masks_from_scores(scores)]
+        c = [int(m["count"]) for m in measures]
+        names = [tiers.assign(m[tiers.measure]) for m in measures]
+        per_psi[str(psi)] = {"count_min": int(min(c)), "count_max": int(max(c)), "count_mean": float(np.mean(c)),
+                             "tiers": {t: names.count(t) for t in tiers.names}}
+    all_tiers = {t: sum(v["tiers"][t] for v in per_psi.values()) for t in tiers.names}
     sweep_seeds = list(range(30))
     table = psi_sweep(gen, sweep_seeds, PSIS, pixel_size)
     direction = fit_density_direction(gen, range(1000, 1100), pixel_size)
@@ -90,6 +115,10 @@ def contour_section(gen, data, n, out, pixel_size):
         "nucleus_area_um2": {"training_median": float(np.median(rn)), "generated_median": float(np.median(fn))
                              if len(fn) else float("nan"), "ks": ks(rn, fn)},
         "count_by_psi": per_psi,
+        "psi_density": {"seeds": psi_seeds, "size": size, "pixel_size_um": out_px, "tier_scheme": json.loads(tiers.to_json()),
+                        "count_range": [min(v["count_min"] for v in per_psi.values()),
+                                        max(v["count_max"] for v in per_psi.values())],
+                        "tier_population": all_tiers},
         "psi_monotonic_fraction": monotonic_fraction(table),
         "direction_monotonic_fraction": monotonic_fraction(dtable),
         "direction_fit_r2": direction.r2,
@@ -133,51 +162,111 @@ def render_section(renderer_path, data, heldout, out):
     return rend, result
 
 
-def speed_section(gen, rend, heldout):
-    """Seconds per image of each stage on this CPU: label map + exact masks, rendering, noise."""
-    n = 8
-    t = time.perf_counter()
-    masks_from_scores(gen.label_maps(list(range(n)), psi=0.5))
-    contours = (time.perf_counter() - t) / n
-    with BenchmarkSet(heldout) as ds:
-        ms = [ds.masks(i) for i in range(n)]
-    t = time.perf_counter()
-    images = rend.render_batch(np.stack([m.semantic for m in ms]), np.stack([m.cell for m in ms]),
-                               np.stack([m.nucleus for m in ms]))
-    render = (time.perf_counter() - t) / n
-    t = time.perf_counter()
-    for i, im in enumerate(images):
-        noise.apply_noise(to_uint16(im), noise.get_preset("poisson"), noise.variant_seed(i, "poisson"))
-    noisy = (time.perf_counter() - t) / n
+def cpu_model() -> str:
+    """The CPU's marketing name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _timed(fn, repeats: int, warmup: int = 1) -> dict:
+    """Median (and range) of wall seconds over ``repeats`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return {"median_s": float(np.median(times)), "min_s": float(min(times)), "max_s": float(max(times)),
+            "repeats": repeats, "warmup": warmup}
+
+
+def speed_section(gen, rend, size, pixel_size, repeats: int = 7):
+    """Seconds for ONE image on this CPU, end to end through the public pipeline
+    (``generated_set``: label map -> exact masks -> render -> Poisson noise -> HDF5), and
+    per stage; each the median of ``repeats`` after a warm-up call."""
     import torch
 
-    return {"contours_s_per_image": contours, "contour_resolution": gen.resolution,
-            "render_s_per_image": render, "render_resolution": int(images.shape[-1]), "noise_s_per_image": noisy,
-            "cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads()}
+    seed, psi = 0, 0.5
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "one.h5"
+        total = _timed(lambda: generated_set(path, gen, [(seed, psi)], renderer=rend, pixel_size_um=pixel_size,
+                                             batch_size=1, size=size, variants=["poisson"], overwrite=True,
+                                             progress=False), repeats)
+    scores = gen.label_maps([seed], psi=psi, output_size=size)
+    contours = _timed(lambda: masks_from_scores(gen.label_maps([seed], psi=psi, output_size=size)), repeats)
+    m = masks_from_scores(scores)[0]
+    render = _timed(lambda: rend.render(m.semantic, m.cell, m.nucleus), repeats)
+    image = to_uint16(rend.render(m.semantic, m.cell, m.nucleus))
+    noisy = _timed(lambda: noise.apply_noise(image, noise.get_preset("poisson"), noise.variant_seed(seed, "poisson")),
+                   repeats)
+    return {"image_size": size, "contour_resolution": gen.resolution, "seed": seed, "psi": psi,
+            "total": total, "contours": contours, "render": render, "noise": noisy,
+            "cpu": cpu_model(), "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset"), "torch": torch.__version__}
 
 
-def fig4(gen, rend, path, seeds=(0, 1, 2), render: bool = True):
-    """Like the paper's Fig. 4: contours (and rendered images) across psi for a few seeds."""
+def quality_section(gen, rend, args, size, pixel_size, out):
+    """FD per tier between a set sampled at psi = 1 (the training distribution, untruncated)
+    and the corpora: masks against the generator's corpus, images against the renderer's."""
+    from cellgen.quality import load_backbone, quality_report
+
+    pairs = [(s, 1.0) for s in range(args.n_fd)]
+    backbones = ["efficientnet-lite0"] + (["inception"] if args.inception_weights else [])
+    result = {"n_generated": len(pairs), "psi": 1.0, "size": size, "pixel_size_um": pixel_size}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "generated.h5"
+        t = time.perf_counter()
+        generated_set(path, gen, pairs, renderer=rend, pixel_size_um=pixel_size, size=size, variants=[],
+                      progress=True)
+        result["sampling_s"] = time.perf_counter() - t
+        for name in backbones:
+            net = load_backbone(name, inception_weights=args.inception_weights)
+            masks = quality_report(path, args.data, backbone=net, what=["masks"], max_images=args.max_reference,
+                                   progress=True)
+            images = quality_report(path, args.render_data or args.data, backbone=net, what=["images"],
+                                    max_images=args.max_reference, progress=True)
+            result[net.metric] = {"masks": masks, "images": images}
+    return result
+
+
+# label-map class colours: background, cytoplasm, nucleus, boundary (docs/format.md)
+LABEL_COLOURS = np.array([(0.0, 0.0, 0.0), (0.1, 0.65, 0.2), (0.2, 0.35, 0.95), (1.0, 0.85, 0.1)], np.float32)
+
+
+def fig4(gen, rend, path, size=None, seeds=(0, 1, 2), render: bool = True):
+    """Like the paper's Fig. 4: for each seed (rows) and psi (columns) the generated label
+    map in class colours and, below it, the image rendered from its exact masks as RGB
+    (nucleus blue, cytoplasm green: ``cellgen.preview.composite``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = 2 if render else 1
-    fig, axes = plt.subplots(rows * len(seeds), len(PSIS), figsize=(2.4 * len(PSIS), 2.3 * rows * len(seeds)),
+    fig, axes = plt.subplots(rows * len(seeds), len(PSIS), figsize=(2.2 * len(PSIS), 2.25 * rows * len(seeds)),
                              squeeze=False)
     for i, seed in enumerate(seeds):
         for j, psi in enumerate(PSIS):
-            m = masks_from_scores(gen.label_maps([seed], psi=psi))[0]
+            # the same calls generated_set makes: scores at the output size -> exact masks -> render
+            scores = gen.label_maps([seed], psi=psi, output_size=size)
+            m = masks_from_scores(scores)[0]
             ax = axes[rows * i, j]
-            ax.imshow(outlined(semantic_rgb(m.semantic), m.cell, m.nucleus))
+            ax.imshow(LABEL_COLOURS[np.argmax(scores[0], axis=0)], interpolation="nearest")
             ax.set_title(f"seed {seed}, psi {psi:g}: {m.count} cells", fontsize=7)
             ax.set_axis_off()
             if render:
                 axes[rows * i + 1, j].imshow(composite(rend.render(m.semantic, m.cell, m.nucleus)))
                 axes[rows * i + 1, j].set_axis_off()
+    fig.suptitle("label maps (background black, cytoplasm green, nucleus blue, boundary yellow) and rendered "
+                 "images (nucleus blue, cytoplasm green)", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
@@ -212,6 +301,13 @@ def write_markdown(report: dict, path: Path):
         "|---|" + "---|" * len(c["count_by_psi"]),
         "| cells per image, min-max (mean) | " + " | ".join(
             f"{v['count_min']}-{v['count_max']} ({v['count_mean']:.1f})" for v in c["count_by_psi"].values()) + " |",
+        "| images per tier (" + "/".join(c["psi_density"]["tier_population"]) + ") | " + " | ".join(
+            "/".join(str(n) for n in v["tiers"].values()) for v in c["count_by_psi"].values()) + " |",
+        "",
+        f"{c['psi_density']['seeds']} seeds per psi, masks at {c['psi_density']['size']} px "
+        f"({c['psi_density']['pixel_size_um']:g} um/px) as `cellgen sample` makes them. Cell counts reached across "
+        f"psi: {c['psi_density']['count_range'][0]}-{c['psi_density']['count_range'][1]}; tier populations over all "
+        "psi: " + ", ".join(f"{t} {n}" for t, n in c["psi_density"]["tier_population"].items()) + ".",
         "",
         f"Seeds whose cell count changes monotonically with psi in {{-1, -0.5, 0, 0.5, 1}}: "
         f"{100 * c['psi_monotonic_fraction']:.0f}%; along the W density direction (fit R^2 "
@@ -233,12 +329,47 @@ def write_markdown(report: dict, path: Path):
             if m:
                 lines.append(f"| {name} | {comp} | " + " | ".join(f"{100 * m[k]:.2f}" for k in keys) + " |")
     lines += ["| paper, Pix2PixHD | | 95.16 | 88.27 | 94.44 | 93.72 | 93.04 | 94.44 |", "",
-              "![rendering](render_eval.png)", "",
-              "## Speed on this CPU (seconds per image)", "",
-              f"contour label map + exact masks at {sp['contour_resolution']} px: {sp['contours_s_per_image']:.3f}; "
-              f"rendering at {sp['render_resolution']} px: {sp['render_s_per_image']:.3f}; Poisson noise: "
-              f"{sp['noise_s_per_image']:.4f} ({sp['cpu']}, {sp['torch_threads']} torch thread(s)).", ""]
+              "![rendering](render_eval.png)", ""]
+    lines += _fd_markdown(report.get("quality"))
+    lines += ["## Sampling speed on this CPU", "",
+              f"One {sp['image_size']} x {sp['image_size']} image through `cellgen.pipeline.generated_set` (label map "
+              f"at {sp['contour_resolution']} px resampled to {sp['image_size']} px, exact masks, rendering, Poisson "
+              f"noise, written to a set): **{sp['total']['median_s']:.3f} s** (median of {sp['total']['repeats']} after "
+              f"{sp['total']['warmup']} warm-up; range {sp['total']['min_s']:.3f}-{sp['total']['max_s']:.3f} s). "
+              f"Stages: contours + masks {sp['contours']['median_s']:.3f} s, rendering {sp['render']['median_s']:.3f} s, "
+              f"noise {sp['noise']['median_s']:.4f} s.", "",
+              f"CPU: {sp['cpu']} ({sp['logical_cpus']} logical CPUs, shared); torch {sp['torch']} with "
+              f"{sp['torch_threads']} thread(s), OMP_NUM_THREADS={sp['omp_num_threads']}.", ""]
     path.write_text("\n".join(lines))
+
+
+def _fd_markdown(q: dict | None) -> list[str]:
+    if not q:
+        return []
+    lines = ["## Feature-space Fréchet distance to the training corpora, per density tier", "",
+             f"{q['n_generated']} images sampled at psi = 1 through `generated_set` ({q['size']} px, "
+             f"{q['pixel_size_um']:g} um/px) in {q['sampling_s']:.0f} s. Masks are compared with the generator's "
+             "corpus, images with the renderer's. `split-half` is the distance between two halves of the corpus: what "
+             "sampling noise alone gives at that many images (FD shrinks with more images, so compare values at "
+             "equal counts only). FD-EffNetLite0 uses ImageNet EfficientNet-Lite0 features and is **not** comparable "
+             "with Inception FID values; see docs/quality.md.", ""]
+    for metric in ("FD-EffNetLite0", "FID"):
+        if metric not in q:
+            continue
+        lines += [f"| {metric} | tier | generated | corpus | {metric} | corpus split-half |", "|---|---|---|---|---|---|"]
+        for kind in ("masks", "images"):
+            rep = q[metric][kind]
+            per = rep["results"].get(kind)
+            if per is None:
+                lines.append(f"| {kind} | (no images) | | | | |")
+                continue
+            for tier, e in per.items():
+                fd = "-" if e["fd"] is None else f"{e['fd']:.1f}"
+                fl = "-" if e["reference_split_half"] is None else f"{e['reference_split_half']:.1f}"
+                lines.append(f"| {kind} vs `{Path(rep['sets']['reference']['path']).name}` | {tier} | "
+                             f"{e['n_generated']} | {e['n_reference']} | {fd} | {fl} |")
+        lines.append("")
+    return lines
 
 
 def main():
@@ -249,25 +380,41 @@ def main():
     ap.add_argument("--render-data", help="the renderer's training pairs (HDF5) [default: --data]")
     ap.add_argument("--heldout", required=True, help="held-out image+mask pairs (HDF5) for rendering fidelity")
     ap.add_argument("-n", type=int, default=96)
-    ap.add_argument("--no-render-figure", action="store_true",
-                    help="contours only in fig4 (when generator and renderer differ in pixel size)")
+    ap.add_argument("--n-fd", type=int, default=200, help="images sampled (psi = 1) for the Fréchet distances")
+    ap.add_argument("--max-reference", type=int, default=500, help="corpus images used for the Fréchet distances")
+    ap.add_argument("--inception-weights", help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth: adds the standard FID")
+    ap.add_argument("--size", type=int, help="output image size [default: as `cellgen sample`: the renderer's scale]")
+    ap.add_argument("--no-render-figure", action="store_true", help="label maps only in fig4")
     ap.add_argument("-o", "--output", required=True)
     args = ap.parse_args()
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
+    from cellgen.render.renderer import Renderer
+
+    started = time.perf_counter()
     gen = ContourGenerator.load(args.generator)
+    rend = Renderer.load(args.renderer)
     with BenchmarkSet(args.data) as ds:
         pixel_size = ds.pixel_size_um
+    # the output size `cellgen sample` picks: label maps drawn at the renderer's scale
+    size = args.size or gen.resolution
+    if not args.size and rend.info.get("pixel_size_um"):
+        size = round(gen.resolution * pixel_size / float(rend.info["pixel_size_um"]))
+    rend.check_size(size, size)
+    out_px = pixel_size * gen.resolution / size
     report = {"generator": {"path": args.generator, "sha256": gen.sha256, "info": gen.info},
-              "contours": contour_section(gen, args.data, args.n, out, pixel_size)}
-    rend, rendering = render_section(args.renderer, args.render_data or args.data, args.heldout, out)
+              "contours": contour_section(gen, args.data, args.n, out, pixel_size, size=size)}
+    _, rendering = render_section(args.renderer, args.render_data or args.data, args.heldout, out)
     report["renderer"] = {"path": args.renderer, "sha256": rend.sha256, "info": rend.info}
     report["rendering"] = rendering
-    report["speed"] = speed_section(gen, rend, args.heldout)
-    fig4(gen, rend, out / "fig4_psi.png", render=not args.no_render_figure)
+    report["quality"] = quality_section(gen, rend, args, size, out_px, out)
+    report["speed"] = speed_section(gen, rend, size, out_px)
+    fig4(gen, rend, out / "fig4_psi.png", size=size, render=not args.no_render_figure)
+    report["report_wall_s"] = time.perf_counter() - started
     (out / "report.json").write_text(json.dumps(report, indent=2, default=float))
     write_markdown(report, out / "report.md")
     print(json.dumps({k: report[k] for k in ("contours", "speed")}, indent=2, default=float))
+    print(f"report written to {out}/ in {report['report_wall_s']:.0f} s")
 
 
 if __name__ == "__main__":
