@@ -13,6 +13,9 @@ from cellgen.errors import CellgenError
 
 _NOT_CONTENT = {"--overwrite", "-q", "--quiet"}
 _OUTPUT = {"-o", "--output"}
+# where the work runs never changes the result: left out of the recorded command, so a set
+# made on 8 workers has the bytes of one made in one process
+_WHERE = {"--workers", "--scheduler"}
 
 
 def _command_line() -> str:
@@ -22,11 +25,17 @@ def _command_line() -> str:
     for token in sys.argv[1:]:
         if skip:
             skip = False
-        elif token in _OUTPUT:
+        elif token in _OUTPUT or token in _WHERE:
             skip = True
-        elif token not in _NOT_CONTENT and not any(token.startswith(o + "=") for o in _OUTPUT):
+        elif token not in _NOT_CONTENT and not any(token.startswith(o + "=") for o in _OUTPUT | _WHERE):
             kept.append(token)
     return shlex.join(["cellgen", *kept])
+
+
+_WORKERS = click.option("--workers", default=1, show_default=True, type=click.IntRange(1),
+                        help="Local worker processes; the work is sharded by image index, same bytes as 1.")
+_SCHEDULER = click.option("--scheduler", metavar="ADDRESS",
+                          help="Dask distributed scheduler (tcp://host:8786) to shard the work over.")
 
 
 def _parse_count(text: str):
@@ -140,17 +149,21 @@ def _default_checkpoint(kind: str):
 @click.option("--n", "n_target", type=click.IntRange(1), help="Images to collect with --tier/--count.")
 @click.option("--variants", default="clean,gaussian,poisson", show_default=True, help="Image variants (with a renderer).")
 @click.option("--pixel-size", type=click.FloatRange(min=0, min_open=True), help="um/px [default: the generator's training data].")
+@click.option("--size", type=click.IntRange(8), help="Image side in px; label maps are resampled to it "
+              "[default: the renderer's training scale, else the generator's resolution].")
 @click.option("--tier-measure", default="cells_per_mm2", show_default=True)
 @click.option("--tier-thresholds", default="700,1600", show_default=True)
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@_WORKERS
+@_SCHEDULER
 @click.option("--overwrite", is_flag=True)
 @click.option("-q", "--quiet", is_flag=True)
 def sample(output, checkpoint, renderer, psi, seeds, target_tier, target_count, n_target, variants, pixel_size,
-           tier_measure, tier_thresholds, batch_size, device, overwrite, quiet):
+           size, tier_measure, tier_thresholds, batch_size, device, workers, scheduler, overwrite, quiet):
     """Generate a benchmark set: contours -> exact masks -> rendered images -> noise variants."""
     from cellgen.density import TierScheme
-    from cellgen.pipeline import generated_set
+    from cellgen.pipeline import generated_set, matched_size
 
     psis, seed_list = _parse_floats(psi, "--psi"), _parse_seeds(seeds)  # bad options fail before models load
     gen = _generator(checkpoint, device)
@@ -159,7 +172,10 @@ def sample(output, checkpoint, renderer, psi, seeds, target_tier, target_count, 
         from cellgen.render.renderer import Renderer
 
         rend = Renderer.load(renderer or _default_checkpoint("renderer"), device=device)
-    pixel_size = pixel_size or float(gen.info.get("pixel_size_um", 0.5))
+    size = size or matched_size(gen, rend)
+    if rend is not None:
+        rend.check_size(size, size)
+    pixel_size = pixel_size or gen.pixel_size_at(size)
     tiers = TierScheme.parse(tier_measure, tier_thresholds)
     extra = {}
     if target_tier or target_count:
@@ -175,16 +191,25 @@ def sample(output, checkpoint, renderer, psi, seeds, target_tier, target_count, 
             lo, hi = _parse_count(target_count) if ":" in target_count else (int(target_count),) * 2
             accept = lambda m: lo <= m["count"] <= hi  # noqa: E731
         accepted, draws = targeted_draws(gen, accept, n_target, psis, pixel_size, first_seed=seed_list[0],
-                                         batch_size=batch_size)
+                                         batch_size=batch_size, output_size=size)
         pairs = [(a[0], a[1]) for a in accepted]
         extra = {"target": {"tier": target_tier, "count": target_count, "n": n_target, "draws": draws}}
         if not quiet:
             click.echo(f"accepted {len(pairs)} of {draws} draws")
     else:
         pairs = [(s, p) for s in seed_list for p in psis]
-    path = generated_set(output, gen, pairs, renderer=rend, pixel_size_um=pixel_size, batch_size=batch_size,
-                         recipe_extra=extra, variants=_parse_list(variants), tiers=tiers, command=_command_line(),
-                         overwrite=overwrite, progress=not quiet)
+    set_args = dict(pixel_size_um=pixel_size, batch_size=batch_size, size=size, recipe_extra=extra,
+                    variants=_parse_list(variants), tiers=tiers, command=_command_line(), overwrite=overwrite,
+                    progress=not quiet)
+    if workers > 1 or scheduler:
+        from cellgen.distributed import sample_sharded
+
+        # workers load the models from their files; same bytes as the single-process branch
+        path = sample_sharded(output, checkpoint or _default_checkpoint("generator"), pairs, device=device,
+                              renderer=None if rend is None else (renderer or _default_checkpoint("renderer")),
+                              workers=workers, scheduler=scheduler, **set_args)
+    else:
+        path = generated_set(output, gen, pairs, renderer=rend, **set_args)
     _print_summary(path)
 
 
@@ -270,16 +295,19 @@ def train():
 @train.command("contours")
 @click.option("--data", required=True, type=click.Path(), help="Benchmark set (HDF5) or folder of exported masks.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Run folder (resumable).")
-@click.option("--preset", default="small256", show_default=True, type=click.Choice(["tiny", "small256", "paper512"]))
+@click.option("--preset", default="small256", show_default=True, type=click.Choice(["tiny", "small128", "small256", "paper512"]))
 @click.option("--kimg", type=float, help="Training length in thousands of real images shown.")
 @click.option("--steps", type=click.IntRange(1), help="Training length in generator steps (instead of --kimg).")
 @click.option("--batch", type=click.IntRange(1), help="Batch size [default: the preset's].")
 @click.option("--augment", default="ada", show_default=True, help="ada, none, or a fixed probability.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--no-dihedral", is_flag=True, help="Do not show real maps in random flips/rotations.")
+@click.option("--max-minutes", type=float, help="Stop (and save) after this wall time; rerun to continue.")
 @click.option("--no-resume", is_flag=True, help="Start over even if the folder holds a snapshot.")
 @click.option("-q", "--quiet", is_flag=True)
-def train_contours_cmd(data, output, preset, kimg, steps, batch, augment, seed, device, no_resume, quiet):
+def train_contours_cmd(data, output, preset, kimg, steps, batch, augment, seed, device, no_dihedral, max_minutes,
+                       no_resume, quiet):
     """StyleGAN2 on label maps; writes OUTPUT/generator.pt, snapshots, samples, log.jsonl."""
     from cellgen.gen.train import train_contours
 
@@ -288,7 +316,8 @@ def train_contours_cmd(data, output, preset, kimg, steps, batch, augment, seed, 
     except ValueError:
         pass
     path = train_contours(data, output, preset, kimg=kimg, steps=steps, batch=batch, seed=seed, device=device,
-                          resume=not no_resume, augment=augment, progress=not quiet)
+                          resume=not no_resume, augment=augment, progress=not quiet, dihedral=not no_dihedral,
+                          max_minutes=max_minutes)
     click.echo(f"wrote {path}")
 
 
@@ -339,6 +368,49 @@ def eval_render(checkpoint, data, output, heldout, segmenter_steps, max_images, 
                                device=device, out_dir=output, progress=True)
     click.echo(json.dumps({k: v for k, v in result.items() if k in ("rendered", "real")}, indent=2, default=float))
     click.echo(f"results in {output}/")
+
+
+@eval_group.command("quality")
+@click.option("--generated", required=True, type=click.Path(dir_okay=False), help="Generated benchmark set (HDF5).")
+@click.option("--reference", required=True, type=click.Path(dir_okay=False), help="Training (reference) set (HDF5).")
+@click.option("--backbone", default="efficientnet-lite0", show_default=True,
+              type=click.Choice(["efficientnet-lite0", "inception"]),
+              help="Feature network: FD-EffNetLite0 (packaged weights) or the standard FID Inception.")
+@click.option("--inception-weights", type=click.Path(dir_okay=False),
+              help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (for --backbone inception).")
+@click.option("--what", default="images,masks", show_default=True, help="Compare images, masks or both.")
+@click.option("--max-images", type=click.IntRange(2), help="Evenly spaced images per set [default: all].")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--device", default="cpu", show_default=True)
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder for quality.json.")
+@click.option("-q", "--quiet", is_flag=True)
+def eval_quality(generated, reference, backbone, inception_weights, what, max_images, batch_size, device, output, quiet):
+    """Feature-space Fréchet distance of generated vs training images and masks, per density tier."""
+    from pathlib import Path
+
+    from cellgen.fileio import atomic_path
+    from cellgen.quality import load_backbone, quality_report
+
+    kinds = _parse_list(what)
+    if not kinds or any(k not in ("images", "masks") for k in kinds):
+        raise click.BadParameter("use images, masks or images,masks", param_hint="--what")
+    net = load_backbone(backbone, inception_weights=inception_weights, device=device)
+    result = quality_report(generated, reference, backbone=net, what=kinds, max_images=max_images,
+                            batch_size=batch_size, progress=not quiet)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "quality.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=2))
+    click.echo(f"{'':8}{'tier':8}{'n gen':>7}{'n ref':>7}{result['metric']:>16}{'ref split-half':>16}")
+    for kind, per in result["results"].items():
+        if per is None:
+            click.echo(f"{kind:8}(no images in one of the sets)")
+            continue
+        for tier, e in per.items():
+            fd = "-" if e["fd"] is None else f"{e['fd']:.2f}"
+            floor = "-" if e["reference_split_half"] is None else f"{e['reference_split_half']:.2f}"
+            click.echo(f"{kind:8}{tier:8}{e['n_generated']:>7}{e['n_reference']:>7}{fd:>16}{floor:>16}")
+    click.echo(f"results in {out / 'quality.json'}")
 
 
 @cli.group("gen", cls=_Group)
@@ -482,12 +554,14 @@ def _parse_settings(pairs) -> dict:
 @click.option("--variant", "variants", multiple=True, help="Image variant(s) to score [default: all in the set].")
 @click.option("--tier", "tiers", multiple=True, help="Density tier(s) to score [default: all].")
 @click.option("--limit", type=click.IntRange(1), help="Score at most this many images.")
-@click.option("--jobs", default=1, show_default=True, type=click.IntRange(1), help="Worker processes.")
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(1), help="Worker processes, one image each.")
+@_WORKERS
+@_SCHEDULER
 @click.option("--n-boot", default=1000, show_default=True, type=click.IntRange(10), help="Bootstrap resamples for CIs.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def bench(ctx, method, data, output, model, nuclei_model, diameter, predictions, settings, variants, tiers,
-          limit, jobs, n_boot, quiet):
+          limit, jobs, workers, scheduler, n_boot, quiet):
     """Segment a set with a method and score it per density tier and noise variant."""
     if ctx.invoked_subcommand is not None:
         return
@@ -505,7 +579,8 @@ def bench(ctx, method, data, output, model, nuclei_model, diameter, predictions,
     options.update({k: v for k, v in given.items() if v is not None})
     out = Path(output) if output else Path("results") / f"{method}-{Path(data).stem}"
     run_bench(data, method, out, options=options, variants=list(variants) or None, tiers=list(tiers) or None,
-              limit=limit, jobs=jobs, progress=not quiet, command=_command_line())
+              limit=limit, jobs=jobs, progress=not quiet, command=_command_line(), workers=workers,
+              scheduler=scheduler)
     with BenchmarkSet(data) as ds:
         tier_names = list(ds.tier_scheme.names)
     rows = write_reports(out, tier_names, n_boot=n_boot)

@@ -194,6 +194,17 @@ def instances_from_semantic(semantic: np.ndarray, **kwargs) -> Masks:
     return instances_from_label_map(classes, **kwargs)
 
 
+def _present(labels: np.ndarray) -> np.ndarray:
+    """Sorted ids present in a non-negative int64 label map (``np.unique``, without the sort).
+
+    Every written image is validated, and sorting its pixels was half the cost of writing it.
+    """
+    top = int(labels.max(initial=0))
+    if top <= 4 * labels.size + 1024:
+        return np.flatnonzero(np.bincount(labels.ravel(), minlength=1)).astype(np.int64)
+    return np.unique(labels)
+
+
 def validate(cell, nucleus, semantic=None, shape: tuple[int, int] | None = None) -> list[str]:
     """Every inconsistency of one image's masks, as messages (empty list = valid).
 
@@ -224,7 +235,7 @@ def validate(cell, nucleus, semantic=None, shape: tuple[int, int] | None = None)
     if cell.min(initial=0) < 0 or nucleus.min(initial=0) < 0:
         problems.append("negative ids")
         return problems
-    cell_ids = np.unique(cell)
+    cell_ids = _present(cell)
     cell_ids = cell_ids[cell_ids != 0]
     n = int(cell.max(initial=0))
     if cell_ids.size != n:
@@ -239,7 +250,7 @@ def validate(cell, nucleus, semantic=None, shape: tuple[int, int] | None = None)
             + (f"; outside every cell: {outside[:10].tolist()}" if outside.size else "")
             + ")"
         )
-    nucleus_ids = np.unique(nucleus)
+    nucleus_ids = _present(nucleus)
     nucleus_ids = nucleus_ids[nucleus_ids != 0]
     without = np.setdiff1d(cell_ids, nucleus_ids)
     if without.size:

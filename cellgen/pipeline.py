@@ -10,6 +10,7 @@ Public API: :class:`SourceItem`, :func:`to_uint16`, :func:`make_sample`, :func:`
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -67,25 +68,87 @@ def write_set(
     generator_sha256: str = "",
     renderer_sha256: str = "",
     extra_attrs: dict | None = None,
+    part: tuple[int, int] | None = None,
+    merge_parts: list | None = None,
 ):
-    """Stream ``n`` items from ``source`` into a benchmark set at ``path``; resumable."""
+    """Stream ``n`` items from ``source`` into a benchmark set at ``path``; resumable.
+
+    For sharded runs (:mod:`cellgen.distributed`): ``part=(start, stop)`` writes only images
+    ``start..stop-1`` to ``path`` as a part file (its own set, whose recipe names the part);
+    ``merge_parts`` (part paths in index order, covering ``0..n``) copies their samples into
+    the set at ``path`` instead of calling ``source``. Both go through the same writer with the
+    same attributes, so the merged file has the bytes of a single-process run.
+    """
     params = {name: noise.get_preset(name) for name in variants if name != "clean"}
     params = {k: v for k, v in params.items() if v is not None}
     recipe = dict(recipe, variants=list(params), tiers=tiers.to_json(), pixel_size_um=pixel_size_um)
-    writer = BenchmarkWriter(
+    writer_args = (image_size, pixel_size_um, tiers, params, with_images, command, generator_sha256,
+                   renderer_sha256, extra_attrs)
+    if merge_parts is not None:
+        return _merge_parts(path, n, merge_parts, recipe, overwrite, progress, writer_args)
+    offset = 0
+    if part is not None:
+        offset, stop = int(part[0]), int(part[1])
+        if not 0 <= offset < stop <= n:
+            raise ValueError(f"part {part} does not lie in 0..{n}")
+        recipe = dict(recipe, part=[offset, stop])
+        n = stop - offset
+    writer = _writer(path, n, recipe, overwrite, *writer_args)
+    with writer:
+        bar = tqdm(total=n, initial=writer.start, desc=f"writing {path}", unit="img", disable=not progress)
+        for i in range(writer.start, n):
+            writer.write(i, make_sample(source(offset + i), pixel_size_um, tiers, params))
+            bar.update(1)
+        bar.close()
+        return writer.finish()
+
+
+def _writer(path, n, recipe, overwrite, image_size, pixel_size_um, tiers, params, with_images, command,
+            generator_sha256, renderer_sha256, extra_attrs) -> BenchmarkWriter:
+    return BenchmarkWriter(
         path, n, image_size,
         pixel_size_um=pixel_size_um, tier_scheme=tiers,
         variants={k: v.to_json() for k, v in params.items()},
         with_images=with_images, recipe=recipe, command=command, overwrite=overwrite,
         generator_sha256=generator_sha256, renderer_sha256=renderer_sha256, extra_attrs=extra_attrs,
     )
-    with writer:
-        bar = tqdm(total=n, initial=writer.start, desc=f"writing {path}", unit="img", disable=not progress)
-        for i in range(writer.start, n):
-            writer.write(i, make_sample(source(i), pixel_size_um, tiers, params))
-            bar.update(1)
-        bar.close()
-        return writer.finish()
+
+
+def _merge_parts(path, n, parts, recipe, overwrite, progress, writer_args):
+    """Copy the samples of part files, in index order, into one set written as a single run would."""
+    from cellgen.datasets.h5 import BenchmarkSet
+    from cellgen.errors import DatasetError
+
+    want = json.loads(json.dumps(recipe, sort_keys=True))
+    opened = []
+    try:
+        expected = 0
+        for p in parts:
+            ds = BenchmarkSet(p)
+            opened.append(ds)
+            part_recipe = json.loads(ds.attrs["recipe"])
+            start, stop = part_recipe.pop("part", (None, None))
+            # a part from other options (or from a stale shard plan) must never be mixed in
+            if part_recipe != want or start != expected or stop - start != ds.n:
+                raise DatasetError(f"{p} is not the part from image {expected} of this set "
+                                   "(other options or a stale shard); delete it and rerun")
+            expected = stop
+        if expected != n:
+            raise DatasetError(f"the parts cover images 0..{expected - 1} of {n}")
+        writer = _writer(path, n, recipe, overwrite, *writer_args)
+        with writer:
+            bar = tqdm(total=n, initial=writer.start, desc=f"merging {path}", unit="img", disable=not progress)
+            offset = 0
+            for ds in opened:
+                for j in range(max(0, writer.start - offset), ds.n):
+                    writer.write(offset + j, ds.sample(j))
+                    bar.update(1)
+                offset += ds.n
+            bar.close()
+            return writer.finish()
+    finally:
+        for ds in opened:
+            ds.close()
 
 
 def simulate_set(path, config: SimulationConfig, n: int, seed: int = 0, **kwargs):
@@ -120,9 +183,27 @@ def simulate_graded_set(path, config: SimulationConfig, groups: list[tuple[int, 
     )
 
 
+def matched_size(generator, renderer=None) -> int:
+    """Image side at which the generator's maps match the renderer's training scale.
+
+    A 128 px generator trained on 1 um/px maps feeds a renderer trained at 0.5 um/px with
+    256 px maps; without a renderer (or without recorded pixel sizes) it is the generator's
+    own resolution.
+    """
+    size = generator.resolution
+    g_px = generator.info.get("pixel_size_um")
+    r_px = renderer.info.get("pixel_size_um") if renderer is not None else None
+    if g_px and r_px:
+        size = round(generator.resolution * float(g_px) / float(r_px))
+    return int(size)
+
+
 def generated_set(path, generator, pairs: list[tuple[int, float]], *, renderer=None, pixel_size_um: float,
-                  batch_size: int = 8, recipe_extra: dict | None = None, **kwargs):
+                  batch_size: int = 8, recipe_extra: dict | None = None, size: int | None = None, **kwargs):
     """A benchmark set from the contour generator (and the renderer, when given).
+
+    ``size`` resamples the generator's label-map scores to that many pixels a side
+    (default: its own resolution); ``pixel_size_um`` is the pixel size at that size.
 
     ``pairs`` lists the (seed, psi) of every image in order. Work is done ``batch_size``
     images at a time: label maps for the batch, exact masks, then rendering of the batch;
@@ -138,20 +219,24 @@ def generated_set(path, generator, pairs: list[tuple[int, float]], *, renderer=N
     def source(i: int) -> SourceItem:
         if i not in cache:
             cache.clear()
-            chunk = range(i, min(i + batch_size, len(pairs)))
+            # batches always start at multiples of batch_size (also when resuming or in a shard):
+            # torch may round differently with another batch composition
+            first = i - i % batch_size
+            chunk = range(first, min(first + batch_size, len(pairs)))
             ws = generator.w_from_seeds([pairs[k][0] for k in chunk])
             ws = np.concatenate([generator.truncate(ws[j:j + 1], pairs[k][1]) for j, k in enumerate(chunk)])
-            masks = masks_from_scores(generator.label_maps_from_w(ws))
+            masks = masks_from_scores(generator.label_maps_from_w(ws, output_size=size))
             images = [None] * len(masks)
             if renderer is not None:
                 images = renderer.render_batch(np.stack([m.semantic for m in masks]),
-                                               np.stack([m.cell for m in masks]), np.stack([m.nucleus for m in masks]))
+                                               np.stack([m.cell for m in masks]), np.stack([m.nucleus for m in masks]),
+                                               batch_size=batch_size)
             for j, k in enumerate(chunk):
                 cache[k] = SourceItem(masks[j], images[j], pairs[k][0], pairs[k][1], source="stylegan2")
         return cache[i]
 
-    size = generator.resolution
-    recipe = {"source": "stylegan2", "pairs": [list(p) for p in pairs], "generator_sha256": generator.sha256,
+    size = int(size or generator.resolution)
+    recipe = {"source": "stylegan2", "size": size, "pairs": [list(p) for p in pairs], "generator_sha256": generator.sha256,
               "renderer_sha256": renderer.sha256 if renderer is not None else "", **(recipe_extra or {})}
     return write_set(path, len(pairs), source, image_size=(size, size), pixel_size_um=pixel_size_um,
                      with_images=renderer is not None, recipe=recipe, generator_sha256=generator.sha256,
@@ -170,10 +255,11 @@ def rendered_set(path, masks_set, renderer, *, batch_size: int = 8, **kwargs):
     def source(i: int) -> SourceItem:
         if i not in cache:
             cache.clear()
-            chunk = range(i, min(i + batch_size, src.n))
+            first = i - i % batch_size  # aligned batches: a resumed run renders the same batches
+            chunk = range(first, min(first + batch_size, src.n))
             masks = [src.masks(k) for k in chunk]
             images = renderer.render_batch(np.stack([m.semantic for m in masks]), np.stack([m.cell for m in masks]),
-                                           np.stack([m.nucleus for m in masks]))
+                                           np.stack([m.nucleus for m in masks]), batch_size=batch_size)
             for j, k in enumerate(chunk):
                 cache[k] = SourceItem(masks[j], images[j], int(meta["seed"][k]), float(meta["psi"][k]),
                                       str(meta["source"][k]))

@@ -133,8 +133,15 @@ def run_bench(
     jobs: int = 1,
     progress: bool = True,
     command: str = "",
+    workers: int = 1,
+    scheduler=None,
 ) -> Path:
-    """Segment and score every selected (image, variant); returns the results folder."""
+    """Segment and score every selected (image, variant); returns the results folder.
+
+    ``jobs`` spreads single units over local processes; ``workers`` (local processes) or
+    ``scheduler`` (a Dask scheduler address) shard the images (:mod:`cellgen.distributed`).
+    Either way the records are written in the same order as by one process.
+    """
     options = dict(options or {})
     out = Path(out_dir)
     method = get_method(method_name, **options)
@@ -193,7 +200,15 @@ def run_bench(
             records.flush()
             bar.update(1)
 
-        if jobs <= 1:
+        if (workers > 1 or scheduler is not None) and todo:
+            from cellgen.distributed import bench_units_sharded, remove_bench_parts
+
+            method.close()
+            bench_units_sharded(out, data, method_name, options, todo, compartments, workers=workers,
+                                scheduler=scheduler, on_record=keep)
+            records.flush()
+            remove_bench_parts(out)
+        elif jobs <= 1:
             _STATE["ds"] = BenchmarkSet(data)
             _STATE["method"] = method
             try:
