@@ -330,17 +330,22 @@ def train_contours_cmd(data, output, preset, kimg, steps, batch, augment, seed, 
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(1))
 @click.option("--max-minutes", type=float, help="Stop (and save) after this wall time; rerun to continue.")
 @click.option("--vgg-weights", type=click.Path(dir_okay=False), help="VGG19 weights file to add the perceptual loss.")
+@click.option("--init", type=click.Path(dir_okay=False), help="Start from a renderer checkpoint (e.g. the shipped "
+              "one, to fine-tune on your images) or a run's snapshot.pt, instead of random weights.")
+@click.option("--decay-fraction", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+              help="Last fraction of the steps over which the learning rate decays to 0.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--no-resume", is_flag=True)
 @click.option("-q", "--quiet", is_flag=True)
-def train_renderer_cmd(data, output, preset, steps, epochs, batch, max_minutes, vgg_weights, seed, device, no_resume,
-                       quiet):
+def train_renderer_cmd(data, output, preset, steps, epochs, batch, max_minutes, vgg_weights, init, decay_fraction,
+                       seed, device, no_resume, quiet):
     """Pix2PixHD mask -> image; writes OUTPUT/renderer.pt, snapshots, triptychs, log.jsonl."""
     from cellgen.render.train import train_renderer
 
     path = train_renderer(data, output, preset, steps=steps, epochs=epochs, batch=batch, seed=seed, device=device,
-                          resume=not no_resume, progress=not quiet, vgg_weights=vgg_weights, max_minutes=max_minutes)
+                          resume=not no_resume, progress=not quiet, vgg_weights=vgg_weights, max_minutes=max_minutes,
+                          init_from=init, decay_fraction=decay_fraction)
     click.echo(f"wrote {path}")
 
 

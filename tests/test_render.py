@@ -190,6 +190,27 @@ def test_resume_continues_from_saved_step_and_matches_uninterrupted(tiny_set, tm
         train_renderer(tiny_set, tmp_path / "part", "tiny", **dict(kw, steps=8))
 
 
+def test_init_from_checkpoint_or_snapshot(trained, tiny_set, tmp_path):
+    # a 0-step-long run is impossible, so compare the loaded weights through a paused run
+    run = train_renderer(tiny_set, tmp_path / "ft", "tiny", steps=4, batch=2, progress=False, init_from=trained,
+                         max_minutes=0, decay_fraction=1.0)
+    snap = load_checkpoint(run, "renderer-training")
+    assert snap["config"]["training"]["init_from"]["sha256"] == load_checkpoint(trained)["sha256"]
+    start = load_checkpoint(trained, "renderer")["state_dict"]
+    # one fine-tuning step moves the trained weights a little; random weights would be far off
+    moved = max(float((snap["state_dict"][k].float() - v.float()).abs().max()) for k, v in start.items())
+    assert 0 < moved < 0.05
+    # from a snapshot, D comes along too
+    again = train_renderer(tiny_set, tmp_path / "ft2", "tiny", steps=4, batch=2, progress=False, init_from=run,
+                           max_minutes=0)
+    d_before = snap["extra"]["D"]
+    d_after = load_checkpoint(again, "renderer-training")["extra"]["D"]
+    assert max(float((d_after[k].float() - d_before[k].float()).abs().max()) for k in d_before) < 0.05
+    with pytest.raises(CellgenError, match="start from a 'renderer' checkpoint"):
+        bogus = save_checkpoint(tmp_path / "g.pt", "contour-generator", {"x": 1}, {"w": torch.zeros(1)})
+        train_renderer(tiny_set, tmp_path / "ft3", "tiny", steps=2, progress=False, init_from=bogus)
+
+
 def test_same_seed_same_image(tiny_set, tmp_path):
     kw = dict(steps=3, batch=2, seed=7, progress=False)
     p1 = train_renderer(tiny_set, tmp_path / "a", "tiny", **kw)

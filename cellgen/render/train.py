@@ -162,6 +162,7 @@ def train_renderer(
     max_minutes: float | None = None,
     threads: int | None = None,
     log=None,
+    init_from=None,
 ) -> Path:
     """Train (or resume training) a renderer on ``data``; returns the path of ``renderer.pt``.
 
@@ -173,7 +174,11 @@ def train_renderer(
     value is then the snapshot path. ``threads`` sets torch's CPU thread count for the
     call (restored afterwards; on a CPU shared with other jobs, 1 is often fastest).
     ``log`` is a callable for human-readable messages (default ``tqdm.write`` when
-    ``progress``, else silent).
+    ``progress``, else silent). ``init_from`` starts a new run from trained weights
+    instead of random ones: a renderer checkpoint (G only; D starts fresh) or a training
+    snapshot (G and D); the model config is then the checkpoint's, not ``preset``'s. This is
+    how to fine-tune the shipped renderer on a few of your own images, or to give a paused
+    run a new schedule (for example a learning-rate decay phase).
     """
     old_threads = torch.get_num_threads()
     if threads:
@@ -182,17 +187,19 @@ def train_renderer(
         return _train(data, out_dir, preset, steps=steps, epochs=epochs, batch=batch, seed=seed, device=device,
                       resume=resume, progress=progress, tick=tick, decay_fraction=decay_fraction, augment=augment,
                       vgg_weights=vgg_weights, config_overrides=config_overrides, n_samples=n_samples,
-                      max_minutes=max_minutes, log=log)
+                      max_minutes=max_minutes, log=log, init_from=init_from)
     finally:
         torch.set_num_threads(old_threads)
 
 
 def _train(data, out_dir, preset, *, steps, epochs, batch, seed, device, resume, progress, tick, decay_fraction,
-           augment, vgg_weights, config_overrides, n_samples, max_minutes, log) -> Path:
+           augment, vgg_weights, config_overrides, n_samples, max_minutes, log, init_from) -> Path:
     say = log if log is not None else (tqdm.write if progress else (lambda msg: None))
     out_dir = Path(out_dir)
     dev = resolve_device(device)
-    config = networks.make_config(preset, **(config_overrides or {}))
+    init = _load_init(init_from) if init_from else None
+    config = dict(init["config"], **(config_overrides or {})) if init else \
+        networks.make_config(preset, **(config_overrides or {}))
     if batch < 1:
         raise CellgenError(f"batch must be >= 1, got {batch}")
     if not 0.0 <= decay_fraction <= 1.0:
@@ -213,7 +220,8 @@ def _train(data, out_dir, preset, *, steps, epochs, batch, seed, device, resume,
         ch, cw = _crop_side(h, config["size"], factor), _crop_side(w, config["size"], factor)
         training = {"data": _describe(data), "n_images": n, "steps": total, "niter": niter, "niter_decay": niter_decay,
                     "batch": int(batch), "seed": int(seed), "augment": bool(augment), "crop": [ch, cw],
-                    "vgg_weights": str(vgg_weights) if vgg_weights else None}
+                    "vgg_weights": str(vgg_weights) if vgg_weights else None,
+                    "init_from": init["describe"] if init else None}
 
         torch.manual_seed(seed)
         G = networks.build_generator(config).to(dev)
@@ -233,7 +241,7 @@ def _train(data, out_dir, preset, *, steps, epochs, batch, seed, device, resume,
                               if config.get(k) != saved.get("model", {}).get(k))
                 raise CellgenError(f"{snap} was written with another renderer config (differs in: {', '.join(diff)}); "
                                    "use another output folder or resume=False to start over")
-            keep = ("n_images", "steps", "niter", "niter_decay", "batch", "seed", "augment", "crop")
+            keep = ("n_images", "steps", "niter", "niter_decay", "batch", "seed", "augment", "crop", "init_from")
             diff = [k for k in keep if saved["training"].get(k) != training[k]]
             if diff:
                 raise CellgenError(f"{snap} was written with other training settings (differs in: {', '.join(diff)}); "
@@ -247,6 +255,11 @@ def _train(data, out_dir, preset, *, steps, epochs, batch, seed, device, resume,
             step = int(ex["step"])
             wall_before = float(ex.get("wall_s", 0.0))
             say(f"resuming {snap} at step {step} of {total}")
+        elif init:
+            load_into(G, init["G"], source=f"{init_from} (G)")
+            if init["D"] is not None:
+                load_into(D, init["D"], source=f"{init_from} (D)")
+            say(f"starting from the weights of {init_from}" + ("" if init["D"] is not None else " (D from scratch)"))
         out_dir.mkdir(parents=True, exist_ok=True)
         logf = out_dir / "log.jsonl"
 
@@ -367,6 +380,20 @@ def _train(data, out_dir, preset, *, steps, epochs, batch, seed, device, resume,
         return final
     finally:
         source.close()
+
+
+def _load_init(path) -> dict:
+    """Weights to start from: a renderer checkpoint (G) or a renderer training snapshot (G, D)."""
+    ck = load_checkpoint(path)
+    if ck.get("kind") == SNAPSHOT_KIND:
+        config, D = ck["config"]["model"], ck["extra"]["D"]
+    elif ck.get("kind") == KIND:
+        config, D = ck["config"], None
+    else:
+        raise CellgenError(f"{path} holds a '{ck.get('kind')}' checkpoint; start from a '{KIND}' checkpoint "
+                           f"or a '{SNAPSHOT_KIND}' snapshot")
+    return {"config": dict(config), "G": ck["state_dict"], "D": D,
+            "describe": {"path": str(path), "sha256": ck["sha256"]}}
 
 
 def export_renderer(run_dir, out_path=None, half: bool = False) -> Path:
