@@ -10,8 +10,6 @@ import sys
 import pytest
 
 from cellgen.distributed import _sample_part, plan_shards
-from cellgen.pipeline import simulate_set
-from cellgen.simulate import SimulationConfig
 
 
 def cli(*args, cwd=None, env=None):
@@ -29,16 +27,6 @@ def one_line_error(result, text):
     assert len(lines) == 1 and text in lines[0], result.stderr
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    data = simulate_set(root / "train.h5", SimulationConfig(size=64, count=(1, 5), cell_radius_um=5), 8, seed=0,
-                        variants=[], progress=False)
-    for args in (("contours", "-o", "gen", "--preset", "tiny", "--steps", "3"),
-                 ("renderer", "-o", "rend", "--preset", "tiny", "--steps", "3")):
-        r = cli("train", args[0], "--data", str(data), *args[1:], "-q", cwd=root)
-        assert r.returncode == 0, r.stderr
-    return {"gen": root / "gen" / "generator.pt", "rend": root / "rend" / "renderer.pt"}
 
 
 @pytest.fixture(scope="module")

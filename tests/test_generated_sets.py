@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from cellgen.datasets.h5 import BenchmarkSet
-from cellgen.pipeline import simulate_set
 from cellgen.simulate import SimulationConfig
 
 
@@ -17,16 +16,6 @@ def cli(*args, cwd=None, env=None):
     return subprocess.run([sys.executable, "-m", "cellgen", *args], capture_output=True, text=True, cwd=cwd, env=env)
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    data = simulate_set(root / "train.h5", SimulationConfig(size=64, count=(1, 5), cell_radius_um=5), 8, seed=0,
-                        variants=[], progress=False)
-    for args in (("contours", "-o", "gen", "--preset", "tiny", "--steps", "3"),
-                 ("renderer", "-o", "rend", "--preset", "tiny", "--steps", "3")):
-        r = cli("train", args[0], "--data", str(data), *args[1:], "-q", cwd=root)
-        assert r.returncode == 0, r.stderr
-    return {"root": root, "gen": root / "gen" / "generator.pt", "rend": root / "rend" / "renderer.pt", "data": data}
 
 
 def test_sample_writes_verified_graded_set_deterministically(models, tmp_path):

@@ -156,22 +156,12 @@ def test_build_with_foreign_checksum_keeps_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoints(tmp_path_factory):
-    """A checkpoints folder with a tiny contour generator and renderer, each trained 2 steps."""
-    from cellgen.gen.train import train_contours
-    from cellgen.pipeline import simulate_set
-    from cellgen.render.train import train_renderer
-    from cellgen.simulate import SimulationConfig
-
-    root = tmp_path_factory.mktemp("ckpt")
-    data = simulate_set(root / "train.h5", SimulationConfig(size=64, count=(2, 6), cell_radius_um=5), 6, seed=0,
-                        variants=[], progress=False)
-    gen = train_contours(data, root / "g", "tiny", steps=2, progress=False)
-    rend = train_renderer(data, root / "r", "tiny", steps=2, progress=False)
-    folder = root / "checkpoints"
+@pytest.fixture
+def tiny_checkpoints(models, tmp_path):
+    """A checkpoints folder holding the tiny trained generator and renderer."""
+    folder = tmp_path / "checkpoints"
     folder.mkdir()
-    for src, name in ((gen, "gen.pt"), (rend, "rend.pt")):
+    for src, name in ((models["gen"], "gen.pt"), (models["rend"], "rend.pt")):
         (folder / name).write_bytes(src.read_bytes())
         (folder / name).with_suffix(".json").write_text(src.with_suffix(".json").read_text())
     return folder
