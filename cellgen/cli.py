@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from pathlib import Path
 import sys
 
 import click
@@ -346,6 +347,29 @@ def train_renderer_cmd(data, output, preset, steps, epochs, batch, max_minutes, 
     path = train_renderer(data, output, preset, steps=steps, epochs=epochs, batch=batch, seed=seed, device=device,
                           resume=not no_resume, progress=not quiet, vgg_weights=vgg_weights, max_minutes=max_minutes,
                           init_from=init, decay_fraction=decay_fraction)
+    click.echo(f"wrote {path}")
+
+
+@train.command("export")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Checkpoint to write [default: RUN_DIR/generator.pt or renderer.pt].")
+@click.option("--half", is_flag=True, help="Store float16 weights (half the size; loaded as float32).")
+def train_export(run_dir, output, half):
+    """Checkpoint from a run's last snapshot (a run paused by --max-minutes; it stays resumable)."""
+    from cellgen.checkpoint import load_checkpoint
+    from cellgen.gen.train import SNAPSHOT_KIND as GEN_RUN
+    from cellgen.gen.train import export_generator
+    from cellgen.render.train import SNAPSHOT_KIND as RENDER_RUN
+    from cellgen.render.train import export_renderer
+
+    snap = Path(run_dir) / "snapshot.pt"
+    kind = load_checkpoint(snap).get("kind")
+    if kind == GEN_RUN:
+        path = export_generator(run_dir, output, half=half)
+    elif kind == RENDER_RUN:
+        path = export_renderer(run_dir, output, half=half)
+    else:
+        raise CellgenError(f"{snap} is a '{kind}' checkpoint, not a training snapshot")
     click.echo(f"wrote {path}")
 
 

@@ -120,3 +120,16 @@ def test_export_renderer_from_snapshot_matches_final(models, tmp_path):
     diff = np.abs(half.render(sim.semantic, sim.cell, sim.nucleus) - final.render(sim.semantic, sim.cell, sim.nucleus))
     assert diff.max() < 0.02  # fp16 storage changes pixels by well under 2% of full scale
     assert exported.info["exported_from_snapshot"]
+
+
+def test_train_export_cli_writes_both_kinds(models, tmp_path):
+    from cellgen.gen.generator import ContourGenerator
+    from cellgen.render.renderer import Renderer
+
+    for run, out in (("gen", "g.pt"), ("rend", "r.pt")):
+        r = cli("train", "export", str(models["root"] / run), "-o", str(tmp_path / out))
+        assert r.returncode == 0, r.stderr
+    assert ContourGenerator.load(tmp_path / "g.pt").resolution == 32
+    assert Renderer.load(tmp_path / "r.pt").sha256
+    r = cli("train", "export", str(tmp_path))
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "snapshot.pt" in r.stderr
