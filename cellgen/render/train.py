@@ -370,7 +370,7 @@ def _train(data, out_dir, preset, *, steps, epochs, batch, seed, device, resume,
         info = {"data": training["data"], "n_images": n, "steps": total, "batch": batch, "seed": seed,
                 "wall_time_s": round(wall, 1), "device": str(dev),
                 "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
-                "torch": torch.__version__, "vgg_loss": bool(vgg), "preset": preset}
+                "torch": torch.__version__, "vgg_loss": bool(vgg), "preset": preset, "init_from": training["init_from"]}
         if pixel_size_of(training["data"]):
             info["pixel_size_um"] = pixel_size_of(training["data"])  # cellgen sample matches scales with it
         final = out_dir / "renderer.pt"
@@ -409,7 +409,7 @@ def export_renderer(run_dir, out_path=None, half: bool = False) -> Path:
     info = {"data": training.get("data"), "steps": step, "planned_steps": training.get("steps"),
             "wall_time_s": round(float(snap["extra"]["wall_s"]), 1), "device": "cpu",
             "torch": torch.__version__, "preset": snap["config"]["model"].get("preset"),
-            "exported_from_snapshot": True}
+            "exported_from_snapshot": True, "init_from": training.get("init_from")}
     if training.get("data") and pixel_size_of(training["data"]):
         info["pixel_size_um"] = pixel_size_of(training["data"])
     return save_checkpoint(Path(out_path or run_dir / "renderer.pt"), KIND, snap["config"]["model"],
