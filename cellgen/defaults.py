@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cellgen.errors import CellgenError
 
-FILES = {"generator": "contour-generator-small256.pt", "renderer": "renderer-small256.pt"}
+FILES = {"generator": "contour-generator-small128.pt", "renderer": "renderer-small256.pt"}
 ENV = {"generator": "CELLGEN_GENERATOR", "renderer": "CELLGEN_RENDERER"}
 
 

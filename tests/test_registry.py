@@ -194,3 +194,30 @@ def test_sample_recipe_refuses_another_checkpoint(tiny_checkpoints, tmp_path, mo
     with pytest.raises(CellgenError, match="a different contour generator"):
         registry.build("gen", tmp_path / "a.h5", check=False, progress=False, registry=reg)
     assert not (tmp_path / "a.h5").exists()
+
+
+def test_standard_sets_name_the_shipped_checkpoints():
+    from cellgen.defaults import checkpoints_dir
+
+    reg = registry.load_registry(registry.REGISTRY_FILE)
+    sampled = {name: s["versions"][s["latest"]]["recipe"] for name, s in reg["sets"].items()
+               if s["versions"][s["latest"]]["recipe"]["builder"] == "sample"}
+    assert {"paper-protocol", "paper-protocol-small"} <= set(sampled)
+    for name, recipe in sampled.items():
+        for kind in ("generator", "renderer"):
+            spec = recipe[kind]
+            assert sha256_of(checkpoints_dir() / spec["file"]) == spec["sha256"], (name, kind)
+        assert recipe["psi"] == [-1.0, -0.5, 0.0, 0.5, 1.0]
+    assert sampled["paper-protocol"]["seeds"] == [0, 299] and sampled["paper-protocol-small"]["seeds"] == [0, 19]
+
+
+def test_build_small_paper_protocol_set_twice_gives_registered_sha(tmp_path, monkeypatch):
+    for var in ("CELLGEN_REGISTRY", "CELLGEN_CHECKPOINTS", "CELLGEN_GENERATOR", "CELLGEN_RENDERER"):
+        monkeypatch.delenv(var, raising=False)
+    expected = registry.resolve("paper-protocol-small")[2]["sha256"]
+    for k in range(2):
+        path, digest = registry.build("paper-protocol-small", tmp_path / f"p{k}.h5", progress=False)
+        assert digest == expected
+    summary = verify(tmp_path / "p0.h5")
+    assert summary["n_images"] == 100 and summary["variants"] == ["clean", "gaussian", "poisson"]
+    assert all(n > 0 for n in summary["tiers"].values())
