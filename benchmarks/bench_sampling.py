@@ -112,7 +112,7 @@ def main():
         print(json.dumps(one(p, int(b), int(n), int(t))))
         return
     sys.path.insert(0, str(HERE))
-    from machine import machine_info
+    from machine import machine_info, write_results
 
     n = 8 if args.quick else 32
     configs = [(p, b, 1) for p in ("small128", "small256") for b in (1, 2, 4, 8, 16)]
@@ -125,15 +125,10 @@ def main():
         row = json.loads(r.stdout.strip().splitlines()[-1])
         print(json.dumps(row))
         rows.append(row)
-    info["load_average_after"] = machine_info()["load_average_1_5_15min"]
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
-    (out / "sampling.json").write_text(json.dumps({
-        "what": "cellgen.pipeline.generated_set end to end (generator, masks, renderer, density, noise "
-                "variants gaussian+poisson, HDF5), untrained generator of each preset + shipped renderer",
-        "command": "python benchmarks/bench_sampling.py" + (" --quick" if args.quick else ""),
-        "machine": info, "results": rows}, indent=2))
-    plot(rows, out / "sampling.png")
+    path = write_results("sampling", "cellgen.pipeline.generated_set end to end (generator, masks, renderer, density, "
+                         "noise variants gaussian+poisson, HDF5), untrained generator of each preset + shipped renderer",
+                         "python benchmarks/bench_sampling.py" + (" --quick" if args.quick else ""), info, rows)
+    plot(rows, path.with_suffix(".png"))
 
 
 if __name__ == "__main__":

@@ -105,7 +105,7 @@ def main():
     sys.path.insert(0, str(HERE))
     import tempfile
 
-    from machine import machine_info
+    from machine import machine_info, write_results
 
     sizes = (10, 30, 100) if args.quick else (10, 100, 1000)
     info = machine_info(threads=1)
@@ -123,18 +123,14 @@ def main():
     for r in rows:
         if r["workers"] > 1:
             r["same_sha256_as_1_process"] = r["sha256"] == single[r["n"]]
-    info["load_average_after"] = machine_info()["load_average_1_5_15min"]
     base = [r for r in rows if r["workers"] == 1]
     summary = {"seconds_per_image": {r["n"]: round(r["seconds_per_image"], 4) for r in base},
                "peak_rss_mb": {r["n"]: r["peak_rss_mb"] for r in base}}
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
-    (out / "scale.json").write_text(json.dumps({
-        "what": "generated_set end to end at 128 px: untrained small128 generator + shipped renderer, gaussian+"
-                "poisson variants, HDF5; batch 8, 1 torch thread per process; each N in a fresh process",
-        "command": "python benchmarks/bench_scale.py" + (" --quick" if args.quick else ""),
-        "machine": info, "summary": summary, "results": rows}, indent=2))
-    plot(rows, out / "scale.png")
+    path = write_results("scale", "generated_set end to end at 128 px: untrained small128 generator + shipped renderer, "
+                         "gaussian+poisson variants, HDF5; batch 8, 1 torch thread per process; each N in a fresh process",
+                         "python benchmarks/bench_scale.py" + (" --quick" if args.quick else ""), info, rows,
+                         summary=summary)
+    plot(rows, path.with_suffix(".png"))
 
 
 if __name__ == "__main__":

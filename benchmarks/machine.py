@@ -67,3 +67,16 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+def write_results(name: str, what: str, command: str, info: dict, rows: list, **extra) -> "Path":
+    """``benchmarks/results/NAME.json``: what was measured, how to rerun it, the machine, the rows."""
+    import json
+    from pathlib import Path
+
+    out = Path(__file__).resolve().parent / "results"
+    out.mkdir(exist_ok=True)
+    info["load_average_after"] = machine_info()["load_average_1_5_15min"]
+    path = out / f"{name}.json"
+    path.write_text(json.dumps({"what": what, "command": command, "machine": info, **extra, "results": rows}, indent=2))
+    return path

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -52,6 +51,8 @@ from cellgen.gen.generator import ContourGenerator
 from cellgen.masks import validate
 from cellgen.pipeline import generated_set, to_uint16
 from cellgen.preview import composite, outlined, semantic_rgb
+from cellgen.quality import report_rows
+from machine import cpu_model  # benchmarks/machine.py: scripts here run with their folder on sys.path
 
 PSIS = [-1.0, -0.5, 0.0, 0.5, 1.0]
 
@@ -160,17 +161,6 @@ def render_section(renderer_path, data, heldout, out):
     rend = Renderer.load(renderer_path)
     result = evaluate_renderer(rend, data, heldout=heldout, out_dir=out, progress=True)
     return rend, result
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name (``/proc/cpuinfo``), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _timed(fn, repeats: int, warmup: int = 1) -> dict:
@@ -359,15 +349,12 @@ def _fd_markdown(q: dict | None) -> list[str]:
         lines += [f"| {metric} | tier | generated | corpus | {metric} | corpus split-half |", "|---|---|---|---|---|---|"]
         for kind in ("masks", "images"):
             rep = q[metric][kind]
-            per = rep["results"].get(kind)
-            if per is None:
-                lines.append(f"| {kind} | (no images) | | | | |")
-                continue
-            for tier, e in per.items():
-                fd = "-" if e["fd"] is None else f"{e['fd']:.1f}"
-                fl = "-" if e["reference_split_half"] is None else f"{e['reference_split_half']:.1f}"
-                lines.append(f"| {kind} vs `{Path(rep['sets']['reference']['path']).name}` | {tier} | "
-                             f"{e['n_generated']} | {e['n_reference']} | {fd} | {fl} |")
+            reference = Path(rep["sets"]["reference"]["path"]).name
+            for _, tier, n_gen, n_ref, fd, fl in report_rows({"results": {kind: rep["results"].get(kind)}}, digits=1):
+                if tier is None:
+                    lines.append(f"| {kind} | (no images) | | | | |")
+                    continue
+                lines.append(f"| {kind} vs `{reference}` | {tier} | {n_gen} | {n_ref} | {fd} | {fl} |")
         lines.append("")
     return lines
 

@@ -418,7 +418,7 @@ def eval_quality(generated, reference, backbone, inception_weights, what, max_im
     from pathlib import Path
 
     from cellgen.fileio import atomic_path
-    from cellgen.quality import load_backbone, quality_report
+    from cellgen.quality import load_backbone, quality_report, report_rows
 
     kinds = _parse_list(what)
     if not kinds or any(k not in ("images", "masks") for k in kinds):
@@ -431,14 +431,11 @@ def eval_quality(generated, reference, backbone, inception_weights, what, max_im
     with atomic_path(out / "quality.json") as tmp:
         tmp.write_text(json.dumps(result, indent=2))
     click.echo(f"{'':8}{'tier':8}{'n gen':>7}{'n ref':>7}{result['metric']:>16}{'ref split-half':>16}")
-    for kind, per in result["results"].items():
-        if per is None:
+    for kind, tier, n_gen, n_ref, fd, floor in report_rows(result):
+        if tier is None:
             click.echo(f"{kind:8}(no images in one of the sets)")
             continue
-        for tier, e in per.items():
-            fd = "-" if e["fd"] is None else f"{e['fd']:.2f}"
-            floor = "-" if e["reference_split_half"] is None else f"{e['reference_split_half']:.2f}"
-            click.echo(f"{kind:8}{tier:8}{e['n_generated']:>7}{e['n_reference']:>7}{fd:>16}{floor:>16}")
+        click.echo(f"{kind:8}{tier:8}{n_gen:>7}{n_ref:>7}{fd:>16}{floor:>16}")
     click.echo(f"results in {out / 'quality.json'}")
 
 

@@ -33,7 +33,7 @@ reference's size (images: antialiased bilinear; masks: nearest neighbour, before
 outlines are drawn), so outlines and edges have the same width in pixels in both sets. The
 two sets should cover the same field of view (size x pixel size); the result records both.
 
-Public API: :func:`frechet_distance`, :func:`feature_stats`, :func:`fd_from_features`,
+Public API: :func:`report_rows`, :func:`frechet_distance`, :func:`feature_stats`, :func:`fd_from_features`,
 :func:`images_to_rgb`, :func:`masks_to_rgb`, :func:`load_backbone`, :class:`Backbone`,
 :class:`EfficientNetLite0`, :class:`FIDInceptionV3`, :func:`set_features`,
 :func:`quality_report`, :data:`BACKBONES`, :data:`METRIC_NAMES`, :data:`INCEPTION_FILE`.
@@ -657,3 +657,17 @@ def quality_report(generated, reference, *, backbone: Backbone, what=("images", 
             per[t] = _fd_entry(fg[g_tiers == t], fr[r_tiers == t])
         result["results"][kind] = per
     return result
+
+
+def report_rows(result: dict, digits: int = 2):
+    """``(kind, tier, n_generated, n_reference, fd, split_half)`` rows of a :func:`quality_report`
+    result, distances formatted to ``digits`` ("-" where undefined); ``kind`` alone (the rest
+    None) when one of the sets has no such data."""
+    for kind, per in result["results"].items():
+        if per is None:
+            yield kind, None, None, None, None, None
+            continue
+        for tier, e in per.items():
+            fd = "-" if e["fd"] is None else f"{e['fd']:.{digits}f}"
+            half = "-" if e["reference_split_half"] is None else f"{e['reference_split_half']:.{digits}f}"
+            yield kind, tier, e["n_generated"], e["n_reference"], fd, half
