@@ -107,3 +107,24 @@ def test_read_label_file_rejects_bad_files(tmp_path, bad):
     p.write_text(bad)
     with pytest.raises(CellgenError, match="not a readable label image"):
         read_label_file(p)
+
+
+def test_recorded_command_comes_from_the_given_argv_not_sys_argv(tmp_path, monkeypatch):
+    """main(argv) and click's test runner record the arguments they were given, so the
+    recorded command (and with it the file's bytes) never depends on the calling process."""
+    from click.testing import CliRunner
+
+    from cellgen.cli import cli, main
+
+    monkeypatch.setattr(sys, "argv", ["pytest", "--count", "99", "--bogus"])
+    args = ["simulate", "--n", "1", "--size", "64", "--count", "3", "--seed", "4", "-q"]
+    main([*args, "-o", str(tmp_path / "a.h5")])
+    result = CliRunner().invoke(cli, [*args, "--output", str(tmp_path / "b.h5"), "--overwrite"])
+    assert result.exit_code == 0, result.output
+    commands = []
+    for name in ("a.h5", "b.h5"):
+        with BenchmarkSet(tmp_path / name) as ds:
+            commands.append(ds.attrs["command"])
+    assert commands == ["cellgen simulate --n 1 --size 64 --count 3 --seed 4"] * 2
+    digest = [hashlib.sha256((tmp_path / f).read_bytes()).hexdigest() for f in ("a.h5", "b.h5")]
+    assert digest[0] == digest[1]

@@ -1,0 +1,114 @@
+"""``cellgen datasets``: verify, inspect, list, download, build and real sets."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from cellgen.cli.root import OrderedGroup, cli, print_summary
+from cellgen.errors import CellgenError
+from cellgen.cli.options import set_file
+
+
+@cli.group(cls=OrderedGroup)
+def datasets():
+    """Benchmark-set files: verify and inspect."""
+
+
+@datasets.command()
+@click.argument("target")
+def verify(target):
+    """Check a set (FILE or registered NAME): checksum, schema, shapes, dtypes, masks, tiers."""
+    from cellgen.checkpoint import sha256_of
+    from cellgen.datasets.h5 import verify as verify_set
+
+    path, entry = set_file(target)
+    if entry is not None and entry.get("sha256") and sha256_of(path) != entry["sha256"]:
+        raise CellgenError(f"{path} does not match the registered sha256 of {target}: corrupt or altered")
+    summary = verify_set(path)
+    tiers = " ".join(f"{k}:{v}" for k, v in summary["tiers"].items())
+    click.echo(
+        f"OK {path}: {summary['n_images']} images {summary['image_size'][0]}x{summary['image_size'][1]}, "
+        f"variants {','.join(summary['variants']) or 'none (masks only)'}, tiers {tiers}"
+        + (", sha256 matches the registry" if entry is not None else "")
+    )
+
+
+@datasets.command()
+@click.argument("target")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def info(target, as_json):
+    """Counts per tier and variant, and provenance, of a FILE or registered NAME."""
+    from cellgen.datasets.info import set_info
+
+    file, _ = set_file(target)
+    data = set_info(file)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"{file}: {data['n_images']} images {data['image_size'][0]}x{data['image_size'][1]} "
+               f"at {data['pixel_size_um']} um/px")
+    click.echo(f"  tiers ({data['tier_scheme']['measure']} thresholds {data['tier_scheme']['thresholds']}): "
+               + ", ".join(f"{k} {v}" for k, v in data["tiers"].items()))
+    for v, s in data["variants"].items():
+        click.echo(f"  variant {v}: " + (f"SNR {s['snr_db_mean']:.1f} dB; {s['params']}" if s else "noise-free"))
+    for k in ("cellgen_version", "command", "generator_sha256", "renderer_sha256"):
+        click.echo(f"  {k}: {data['provenance'].get(k) or '-'}")
+
+
+@datasets.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the registry as JSON.")
+def datasets_list(as_json):
+    """Registered benchmark sets: name, version, size, sha256, addresses, license."""
+    from cellgen.datasets import registry
+
+    reg = registry.load_registry()
+    if as_json:
+        click.echo(json.dumps(reg, indent=2))
+        return
+    for name, s in reg["sets"].items():
+        for version, e in s["versions"].items():
+            cached = registry.cached_path(name, version).exists()
+            size = f"{e['size_bytes'] / 1e6:.1f} MB" if e.get("size_bytes") else "?"
+            where = ", ".join(e.get("urls", []) + e.get("mirrors", [])) or "not published: build locally"
+            click.echo(f"{name}@{version}{' (latest)' if version == s['latest'] else ''}"
+                       f"{'  [cached]' if cached else ''}\n  {e['description']}\n"
+                       f"  {size}, schema {e.get('schema_version')}, sha256 {e.get('sha256') or '?'}\n"
+                       f"  download: {where}\n  license: {e.get('license')}\n  cite: {e.get('citation')}")
+
+
+@datasets.command("download")
+@click.argument("name")
+@click.option("--url", help="Download from this mirror instead of the registered addresses.")
+@click.option("-q", "--quiet", is_flag=True)
+def datasets_download(name, url, quiet):
+    """Fetch NAME[@VERSION] into the cache (resumes, checks sha256)."""
+    from cellgen.datasets import registry
+
+    click.echo(f"{registry.download(name, url=url, progress=not quiet)}")
+
+
+@datasets.command("build")
+@click.argument("name")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write here instead of the cache.")
+@click.option("--no-check", is_flag=True, help="Keep the result even if its sha256 differs from the registry.")
+@click.option("-q", "--quiet", is_flag=True)
+def datasets_build(name, output, no_check, quiet):
+    """Rebuild NAME[@VERSION] from its recipe and check it has the registered sha256."""
+    from cellgen.datasets import registry
+
+    path, digest = registry.build(name, output, check=not no_check, progress=not quiet)
+    click.echo(f"built {path}\nsha256 {digest}")
+
+
+@datasets.command("real")
+@click.argument("name")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="File to write [default: NAME.h5].")
+@click.option("--overwrite", is_flag=True)
+def datasets_real(name, output, overwrite):
+    """Build a small real reference set from data a package ships (dsb2018)."""
+    from cellgen.datasets.real import build_real_set
+
+    path = build_real_set(name, output or f"{name}.h5", overwrite=overwrite)
+    print_summary(path)

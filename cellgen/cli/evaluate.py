@@ -1,0 +1,126 @@
+"""``cellgen eval`` (model quality) and ``cellgen gen`` (contour generator analysis)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from cellgen.cli.root import OrderedGroup, cli
+from cellgen.cli.options import default_checkpoint, load_generator, parse_floats, parse_list, parse_seeds
+
+
+@cli.group("eval", cls=OrderedGroup)
+def eval_group():
+    """Measure the quality of the learned models."""
+
+
+@eval_group.command("render")
+@click.option("--checkpoint", help="Renderer checkpoint [default: shipped].")
+@click.option("--data", required=True, type=click.Path(), help="The renderer's real image+mask pairs.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder for JSON + figure.")
+@click.option("--heldout", type=click.Path(), help="Image+mask pairs the renderer never saw [default: a split of --data].")
+@click.option("--segmenter-steps", default=300, show_default=True, type=click.IntRange(1))
+@click.option("--max-images", default=64, show_default=True, type=click.IntRange(2))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="cpu", show_default=True)
+def eval_render(checkpoint, data, output, heldout, segmenter_steps, max_images, seed, device):
+    """Rendering fidelity (the paper's Table 3): a U-Net trained on real pairs segments rendered images."""
+    from cellgen.render.evaluate import evaluate_renderer
+    from cellgen.render.renderer import Renderer
+
+    rend = Renderer.load(checkpoint or default_checkpoint("renderer"), device=device)
+    result = evaluate_renderer(rend, data, heldout=heldout, max_images=max_images, segmenter_steps=segmenter_steps, seed=seed,
+                               device=device, out_dir=output, progress=True)
+    click.echo(json.dumps({k: v for k, v in result.items() if k in ("rendered", "real")}, indent=2, default=float))
+    click.echo(f"results in {output}/")
+
+
+@eval_group.command("quality")
+@click.option("--generated", required=True, type=click.Path(dir_okay=False), help="Generated benchmark set (HDF5).")
+@click.option("--reference", required=True, type=click.Path(dir_okay=False), help="Training (reference) set (HDF5).")
+@click.option("--backbone", default="efficientnet-lite0", show_default=True,
+              type=click.Choice(["efficientnet-lite0", "inception"]),
+              help="Feature network: FD-EffNetLite0 (packaged weights) or the standard FID Inception.")
+@click.option("--inception-weights", type=click.Path(dir_okay=False),
+              help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (for --backbone inception).")
+@click.option("--what", default="images,masks", show_default=True, help="Compare images, masks or both.")
+@click.option("--max-images", type=click.IntRange(2), help="Evenly spaced images per set [default: all].")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--device", default="cpu", show_default=True)
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder for quality.json.")
+@click.option("-q", "--quiet", is_flag=True)
+def eval_quality(generated, reference, backbone, inception_weights, what, max_images, batch_size, device, output, quiet):
+    """Feature-space Fréchet distance of generated vs training images and masks, per density tier."""
+    from cellgen.fileio import atomic_path
+    from cellgen.quality import load_backbone, quality_report, report_rows
+
+    kinds = parse_list(what)
+    if not kinds or any(k not in ("images", "masks") for k in kinds):
+        raise click.BadParameter("use images, masks or images,masks", param_hint="--what")
+    net = load_backbone(backbone, inception_weights=inception_weights, device=device)
+    result = quality_report(generated, reference, backbone=net, what=kinds, max_images=max_images,
+                            batch_size=batch_size, progress=not quiet)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "quality.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=2))
+    click.echo(f"{'':8}{'tier':8}{'n gen':>7}{'n ref':>7}{result['metric']:>16}{'ref split-half':>16}")
+    for kind, tier, n_gen, n_ref, fd, floor in report_rows(result):
+        if tier is None:
+            click.echo(f"{kind:8}(no images in one of the sets)")
+            continue
+        click.echo(f"{kind:8}{tier:8}{n_gen:>7}{n_ref:>7}{fd:>16}{floor:>16}")
+    click.echo(f"results in {out / 'quality.json'}")
+
+
+@cli.group("gen", cls=OrderedGroup)
+def gen_group():
+    """Contour generator analysis."""
+
+
+@gen_group.command("psi-sweep")
+@click.option("--checkpoint", help="Contour generator [default: shipped].")
+@click.option("--seeds", default="0-29", show_default=True)
+@click.option("--psi", default="-1,-0.5,0,0.5,1", show_default=True)
+@click.option("--fit-seeds", default="1000-1099", show_default=True, help="Seeds to fit the W density direction on.")
+@click.option("--alphas", default="-3,-1.5,0,1.5,3", show_default=True, help="Steps along the density direction.")
+@click.option("--measure", default="count", show_default=True)
+@click.option("--pixel-size", type=click.FloatRange(min=0, min_open=True))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False))
+@click.option("--device", default="cpu", show_default=True)
+def psi_sweep_cmd(checkpoint, seeds, psi, fit_seeds, alphas, measure, pixel_size, output, device):
+    """Density vs psi per seed, its monotonic fraction, and the same for a fitted density direction."""
+    from cellgen.density_control import (
+        direction_sweep,
+        fit_density_direction,
+        monotonic_fraction,
+        plot_sweep,
+        psi_sweep,
+    )
+    from cellgen.fileio import atomic_path
+
+    gen = load_generator(checkpoint, device)
+    pixel_size = pixel_size or float(gen.info.get("pixel_size_um", 0.5))
+    seeds, psis, alphas = parse_seeds(seeds), parse_floats(psi, "--psi"), parse_floats(alphas, "--alphas")
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    table = psi_sweep(gen, seeds, psis, pixel_size, measure)
+    direction = fit_density_direction(gen, parse_seeds(fit_seeds), pixel_size, measure=measure)
+    dtable = direction_sweep(gen, direction, seeds, alphas, pixel_size, measure=measure)
+    result = {
+        "generator_sha256": gen.sha256, "measure": measure, "seeds": seeds, "psi": psis, "psi_table": table.tolist(),
+        "psi_monotonic_fraction": monotonic_fraction(table), "direction_alphas": alphas,
+        "direction_table": dtable.tolist(), "direction_monotonic_fraction": monotonic_fraction(dtable),
+        "direction_fit_r2": direction.r2, "direction_fit_seeds": direction.n_fit,
+    }
+    with atomic_path(out / "psi_sweep.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=2))
+    plot_sweep(psis, table, out / "psi_sweep.png", "psi", measure,
+               f"psi: {100 * result['psi_monotonic_fraction']:.0f}% of seeds monotonic")
+    plot_sweep(alphas, dtable, out / "direction_sweep.png", "alpha along density direction", measure,
+               f"W direction: {100 * result['direction_monotonic_fraction']:.0f}% of seeds monotonic")
+    click.echo(f"psi: {100 * result['psi_monotonic_fraction']:.0f}% of {len(seeds)} seeds change {measure} "
+               f"monotonically; density direction: {100 * result['direction_monotonic_fraction']:.0f}% "
+               f"(fit R^2 {direction.r2:.2f}); results in {out}/")

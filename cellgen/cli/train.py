@@ -1,0 +1,95 @@
+"""``cellgen train``: the contour generator and the renderer on your own data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cellgen.cli.root import OrderedGroup, cli
+from cellgen.errors import CellgenError
+
+
+@cli.group(cls=OrderedGroup)
+def train():
+    """Train the contour generator or the renderer on your own masks and images."""
+
+
+@train.command("contours")
+@click.option("--data", required=True, type=click.Path(), help="Benchmark set (HDF5) or folder of exported masks.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Run folder (resumable).")
+@click.option("--preset", default="small256", show_default=True, type=click.Choice(["tiny", "small128", "small256", "paper512"]))
+@click.option("--kimg", type=float, help="Training length in thousands of real images shown.")
+@click.option("--steps", type=click.IntRange(1), help="Training length in generator steps (instead of --kimg).")
+@click.option("--batch", type=click.IntRange(1), help="Batch size [default: the preset's].")
+@click.option("--augment", default="ada", show_default=True, help="ada, none, or a fixed probability.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--no-dihedral", is_flag=True, help="Do not show real maps in random flips/rotations.")
+@click.option("--max-minutes", type=float, help="Stop (and save) after this wall time; rerun to continue.")
+@click.option("--no-resume", is_flag=True, help="Start over even if the folder holds a snapshot.")
+@click.option("-q", "--quiet", is_flag=True)
+def train_contours_cmd(data, output, preset, kimg, steps, batch, augment, seed, device, no_dihedral, max_minutes,
+                       no_resume, quiet):
+    """StyleGAN2 on label maps; writes OUTPUT/generator.pt, snapshots, samples, log.jsonl."""
+    from cellgen.gen.train import train_contours
+
+    try:
+        augment = float(augment)
+    except ValueError:
+        pass
+    path = train_contours(data, output, preset, kimg=kimg, steps=steps, batch=batch, seed=seed, device=device,
+                          resume=not no_resume, augment=augment, progress=not quiet, dihedral=not no_dihedral,
+                          max_minutes=max_minutes)
+    click.echo(f"wrote {path}")
+
+
+@train.command("renderer")
+@click.option("--data", required=True, type=click.Path(), help="Benchmark set (HDF5) or exported folder of image+mask pairs.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Run folder (resumable).")
+@click.option("--preset", default="small256", show_default=True, type=click.Choice(["tiny", "small256", "paper1024"]))
+@click.option("--steps", type=click.IntRange(1), help="Training length in steps.")
+@click.option("--epochs", type=float, help="Training length in passes over the data (instead of --steps).")
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(1))
+@click.option("--max-minutes", type=float, help="Stop (and save) after this wall time; rerun to continue.")
+@click.option("--vgg-weights", type=click.Path(dir_okay=False), help="VGG19 weights file to add the perceptual loss.")
+@click.option("--init", type=click.Path(dir_okay=False), help="Start from a renderer checkpoint (e.g. the shipped "
+              "one, to fine-tune on your images) or a run's snapshot.pt, instead of random weights.")
+@click.option("--decay-fraction", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+              help="Last fraction of the steps over which the learning rate decays to 0.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--no-resume", is_flag=True)
+@click.option("-q", "--quiet", is_flag=True)
+def train_renderer_cmd(data, output, preset, steps, epochs, batch, max_minutes, vgg_weights, init, decay_fraction,
+                       seed, device, no_resume, quiet):
+    """Pix2PixHD mask -> image; writes OUTPUT/renderer.pt, snapshots, triptychs, log.jsonl."""
+    from cellgen.render.train import train_renderer
+
+    path = train_renderer(data, output, preset, steps=steps, epochs=epochs, batch=batch, seed=seed, device=device,
+                          resume=not no_resume, progress=not quiet, vgg_weights=vgg_weights, max_minutes=max_minutes,
+                          init_from=init, decay_fraction=decay_fraction)
+    click.echo(f"wrote {path}")
+
+
+@train.command("export")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Checkpoint to write [default: RUN_DIR/generator.pt or renderer.pt].")
+@click.option("--half", is_flag=True, help="Store float16 weights (half the size; loaded as float32).")
+def train_export(run_dir, output, half):
+    """Checkpoint from a run's last snapshot (a run paused by --max-minutes; it stays resumable)."""
+    from cellgen.checkpoint import load_checkpoint
+    from cellgen.gen.train import SNAPSHOT_KIND as GEN_RUN
+    from cellgen.gen.train import export_generator
+    from cellgen.render.train import SNAPSHOT_KIND as RENDER_RUN
+    from cellgen.render.train import export_renderer
+
+    snap = Path(run_dir) / "snapshot.pt"
+    kind = load_checkpoint(snap).get("kind")
+    if kind == GEN_RUN:
+        path = export_generator(run_dir, output, half=half)
+    elif kind == RENDER_RUN:
+        path = export_renderer(run_dir, output, half=half)
+    else:
+        raise CellgenError(f"{snap} is a '{kind}' checkpoint, not a training snapshot")
+    click.echo(f"wrote {path}")
