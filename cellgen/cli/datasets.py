@@ -6,7 +6,7 @@ import json
 
 import click
 
-from cellgen.cli.root import OrderedGroup, cli, print_summary
+from cellgen.cli.root import OrderedGroup, cli, command_line, print_summary
 from cellgen.errors import CellgenError
 from cellgen.cli.options import set_file
 
@@ -111,4 +111,38 @@ def datasets_real(name, output, overwrite):
     from cellgen.datasets.real import build_real_set
 
     path = build_real_set(name, output or f"{name}.h5", overwrite=overwrite)
+    print_summary(path)
+
+
+@datasets.command("import")
+@click.argument("source", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="HDF5 benchmark set to write.")
+@click.option("--cells", type=click.Path(), help="Cell labels: a folder matched by file name, or a label stack.")
+@click.option("--nuclei", type=click.Path(), help="Nucleus labels: a folder matched by file name, or a label stack.")
+@click.option("--masks-are", type=click.Choice(["cell", "nucleus"]),
+              help="What CellPose-style NAME_masks.tif label [default: nucleus when --channels maps only the "
+                   "nucleus, else cell].")
+@click.option("--channels", help="Which image channel is which, e.g. nucleus=0,cytoplasm=1 "
+              "[default: nucleus=0 for one channel, nucleus=0,cytoplasm=1 for more].")
+@click.option("--pixel-size", type=float, help="Micrometres per pixel [default: from the OME / ImageJ metadata].")
+@click.option("--intensity", default="dtype", show_default=True, type=click.Choice(["dtype", "max", "percentile"]),
+              help="Scaling to [0, 1]: the integer type's range (values kept exactly), the set's maximum per "
+                   "channel, or each image's 0.1-99.9 percentiles.")
+@click.option("--drop-cells-without-nucleus", is_flag=True,
+              help="Leave out annotated cells that contain no annotated nucleus (else they are refused).")
+@click.option("--tier-measure", default="cells_per_mm2", show_default=True)
+@click.option("--tier-thresholds", default="700,1600", show_default=True)
+@click.option("--overwrite", is_flag=True)
+@click.option("-q", "--quiet", is_flag=True)
+def datasets_import(source, output, cells, nuclei, masks_are, channels, pixel_size, intensity,
+                    drop_cells_without_nucleus, tier_measure, tier_thresholds, overwrite, quiet):
+    """Import annotated images (CellPose folders, image + label folders, TIFF stacks) as a set."""
+    from cellgen.datasets.importing import import_set, parse_channels
+    from cellgen.density import TierScheme
+
+    path = import_set(source, output, cells=cells, nuclei=nuclei, masks_are=masks_are,
+                      channels=parse_channels(channels), pixel_size_um=pixel_size, scaling=intensity,
+                      drop_cells_without_nucleus=drop_cells_without_nucleus,
+                      tiers=TierScheme.parse(tier_measure, tier_thresholds), command=command_line(),
+                      overwrite=overwrite, progress=not quiet)
     print_summary(path)
