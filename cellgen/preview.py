@@ -33,10 +33,13 @@ def semantic_rgb(semantic: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def outlined(rgb: np.ndarray, cell: np.ndarray, nucleus: np.ndarray) -> np.ndarray:
+def outlined(rgb: np.ndarray, cell: np.ndarray | None, nucleus: np.ndarray | None) -> np.ndarray:
+    """Outlines drawn over ``rgb``; a compartment given as None is not drawn."""
     out = rgb.copy()
-    out[find_boundaries(cell, mode="inner")] = CELL_OUTLINE
-    out[find_boundaries(nucleus, mode="inner")] = NUCLEUS_OUTLINE
+    if cell is not None:
+        out[find_boundaries(cell, mode="inner")] = CELL_OUTLINE
+    if nucleus is not None:
+        out[find_boundaries(nucleus, mode="inner")] = NUCLEUS_OUTLINE
     return out
 
 
@@ -61,6 +64,8 @@ def preview_set(path, out, variant: str = CLEAN, per_tier: int = 4, outlines: bo
         ncols = max(1, max(r[1].size for r in rows))
         fig, axes = plt.subplots(len(rows), ncols, figsize=(2.6 * ncols, 2.8 * len(rows)), squeeze=False)
         meta = ds.metadata
+        comps = ds.compartments
+        objects = "cells" if "cell" in comps else "nuclei"
         for r, (tier, idx, total) in enumerate(rows):
             for c in range(ncols):
                 ax = axes[r, c]
@@ -70,14 +75,17 @@ def preview_set(path, out, variant: str = CLEAN, per_tier: int = 4, outlines: bo
                 i = int(idx[c])
                 m = ds.masks(i)
                 rgb = composite(ds.images(i, variant)) if ds.has_images else semantic_rgb(m.semantic)
-                ax.imshow(outlined(rgb, m.cell, m.nucleus) if outlines else rgb, interpolation="nearest")
-                ax.set_title(f"#{i}  {int(meta['count'][i])} cells", fontsize=8)
+                shown = outlined(rgb, m.cell if "cell" in comps else None, m.nucleus if "nucleus" in comps else None)
+                ax.imshow(shown if outlines else rgb, interpolation="nearest")
+                ax.set_title(f"#{i}  {int(meta['count'][i])} {objects}", fontsize=8)
             axes[r, 0].text(
                 -0.08, 0.5, f"{tier}\n({total} images)", transform=axes[r, 0].transAxes,
                 ha="right", va="center", fontsize=10, rotation=90,
             )
         what = variant if ds.has_images else "masks only"
-        fig.suptitle(f"{ds.path.name}: {what}; outlines: cells yellow, nuclei magenta", fontsize=10)
+        legend = ", ".join(f"{c} {colour}" for c, colour in (("cells", "yellow"), ("nuclei", "magenta"))
+                           if c[:-1] in comps or (c == "nuclei" and "nucleus" in comps))
+        fig.suptitle(f"{ds.path.name}: {what}; outlines: {legend}", fontsize=10)
         fig.tight_layout()
         with atomic_path(out) as tmp:
             fig.savefig(tmp, dpi=110, format="png")

@@ -174,3 +174,31 @@ def test_seg_npy_with_code_is_refused(tmp_path):
     np.save(tmp_path / "y_seg.npy", np.array({"masks": masks, "outlines": masks * 0}, dtype=object),
             allow_pickle=True)
     assert np.array_equal(read_labels(tmp_path / "y_seg.npy"), masks)
+
+
+def test_nucleus_only_sets_export_and_preview_their_nuclei_alone(tmp_path):
+    raw, nuclei = load_dsb2018()
+    src = tmp_path / "dapi"
+    src.mkdir()
+    tifffile.imwrite(src / "dsb.tif", raw[:128, :128])
+    tifffile.imwrite(src / "dsb_masks.tif", nuclei[:128, :128].astype(np.uint16))
+    assert invoke("datasets", "import", src, "-o", tmp_path / "n.h5", "--channels", "nucleus=0",
+                  "--pixel-size", "0.5", "-q").exit_code == 0
+    export_set(tmp_path / "n.h5", tmp_path / "out", "tiff", progress=False)
+    assert (tmp_path / "out" / "masks" / "nucleus" / "00000.tif").exists()
+    assert not (tmp_path / "out" / "masks" / "cell").exists()
+    # and back: the export of a nucleus-only set imports as a nucleus-only set
+    result = invoke("datasets", "import", tmp_path / "out", "-o", tmp_path / "back.h5", "--pixel-size", "0.5",
+                    "--channels", "nucleus=0", "-q")
+    assert result.exit_code == 0, result.output
+    with BenchmarkSet(tmp_path / "back.h5") as ds:
+        assert ds.compartments == ["nucleus"]
+    result = invoke("preview", tmp_path / "n.h5", "-o", tmp_path / "p.png")
+    assert result.exit_code == 0, result.output
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(tmp_path / "p.png").convert("RGB")).reshape(-1, 3)
+    from cellgen.preview import CELL_OUTLINE, NUCLEUS_OUTLINE
+
+    near = lambda colour: (np.abs(pixels / 255.0 - np.asarray(colour)) < 0.04).all(1).sum()  # noqa: E731
+    assert near(NUCLEUS_OUTLINE) > 100 and near(CELL_OUTLINE) == 0

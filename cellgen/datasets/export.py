@@ -8,6 +8,8 @@ Layout (``NNNNN`` = zero-padded image index)::
     DIR/masks/semantic/NNNNN.png    uint8 0 / 128 / 255                         [both]
     DIR/masks/cell/NNNNN.tif|png    instance ids (uint32 TIFF; uint16 PNG)
     DIR/masks/nucleus/NNNNN.tif|png nucleus ids = their cell's id
+                                    (only the set's annotated compartments: a nucleus-only
+                                    set has no masks/cell)
     DIR/metadata.csv                one row per image
 
 This is also the layout ``cellgen bench --method predictions`` reads label maps from.
@@ -96,8 +98,8 @@ def export_set(path, out_dir, fmt: str = "tiff", variants: list[str] | None = No
                 _write_image(folder / f"{i:05d}{_EXT[fmt]}", ds.images(i, v), fmt)
             m = ds.masks(i)
             _write_labels(mask_file(out, "semantic", i, fmt), m.semantic, fmt)
-            _write_labels(mask_file(out, "cell", i, fmt), m.cell, fmt)
-            _write_labels(mask_file(out, "nucleus", i, fmt), m.nucleus, fmt)
+            for kind in ds.compartments:  # a nucleus-only set has no cell masks to give
+                _write_labels(mask_file(out, kind, i, fmt), getattr(m, kind), fmt)
         meta = ds.metadata
         with atomic_path(out / "metadata.csv") as tmp:
             with open(tmp, "w", newline="") as fh:

@@ -22,7 +22,7 @@ to an uninterrupted run's.
 from __future__ import annotations
 
 import json
-import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +30,7 @@ import h5py
 import numpy as np
 
 from cellgen import __version__
+from cellgen.datasets.staging import Staging, check_free_space, copy_images, stored_bytes
 from cellgen.density import TierScheme
 from cellgen.errors import CellgenError, DatasetError
 from cellgen.masks import Masks, validate
@@ -114,8 +115,6 @@ class BenchmarkWriter:
         self.recipe_json = json.dumps(recipe, sort_keys=True)
         if self.variants and not with_images:
             raise DatasetError("noisy variants need images; a masks-only set has none")
-        if self.path.exists() and not overwrite:
-            raise DatasetError(f"{self.path} already exists; pass --overwrite to replace it")
         self.attrs = {
             "format": FORMAT,
             "schema_version": SCHEMA_VERSION,
@@ -134,13 +133,22 @@ class BenchmarkWriter:
             "compartments": json.dumps(["cell", "nucleus"]),
         }
         self.attrs.update(extra_attrs or {})
-        self.resumed = False
-        self.start = 0
-        self._file: h5py.File | None = None
-        if self.partial.exists():
-            self._resume()
-        else:
-            self._file = self._create(self.partial)
+        self._staging = Staging(self.path, self.recipe_json)
+        self._order = ([("images", None)] if with_images else []) + [
+            ("masks/semantic", None), ("masks/cell", None), ("masks/nucleus", None)
+        ] + [(f"noisy/{name}/images", f"noisy/{name}/snr_db") for name in self.variants]
+        self._buffer: list[dict] = []
+        self._last_commit = time.monotonic()
+        self.finished = False
+        if overwrite:
+            self._staging.clear()
+        elif self.path.exists():
+            if not self._staging.done_before():
+                raise DatasetError(f"{self.path} already exists; pass --overwrite to replace it")
+            self.finished = True  # a killed run had just put it in place
+        self.start = self.n if self.finished else self._staging.open()
+        self.resumed = self.start > 0
+        self._written = self.start
 
     # -- layout -----------------------------------------------------------------------
     def _create(self, path: Path) -> h5py.File:
@@ -151,8 +159,11 @@ class BenchmarkWriter:
         for key, value in self.attrs.items():
             f.attrs[key] = value
         f.attrs["n_written"] = 0
+        self._layout(f, self.n)
+        return f
+
+    def _layout(self, f: h5py.File, n: int):
         h, w = self.size
-        n = self.n
         if self.with_images:
             self._dataset(f, "images", (n, 2, h, w), np.uint16, chunk=(1, 2, h, w))
         self._dataset(f, "masks/semantic", (n, h, w), np.uint8, chunk=(1, h, w))
@@ -165,7 +176,6 @@ class BenchmarkWriter:
         for column, (dtype, meaning) in METADATA_COLUMNS.items():
             d = self._dataset(f, f"metadata/{column}", (n,), _STR if dtype == "str" else np.dtype(dtype))
             d.attrs["description"] = meaning
-        return f
 
     @staticmethod
     def _dataset(f, name, shape, dtype, chunk=None):
@@ -174,96 +184,114 @@ class BenchmarkWriter:
             kwargs.update(chunks=chunk, **_GZIP)
         return f.create_dataset(name, shape=shape, dtype=dtype, **kwargs)
 
-    def _resume(self):
-        f = _open_h5(self.partial, "r+")
-        if f.attrs.get("recipe") != self.recipe_json or f.attrs.get("format") != FORMAT:
-            f.close()
-            raise DatasetError(
-                f"{self.partial} is left from a run with other options; delete it to start over, "
-                "or rerun the original command to resume it"
-            )
-        self.start = int(f.attrs.get("n_written", 0))
-        self.resumed = True
-        self._file = f
-
     # -- writing ----------------------------------------------------------------------
+    #: a part is committed after this many images, seconds or bytes, whichever comes first
+    PART_IMAGES = 64
+    PART_SECONDS = 5.0
+    PART_BYTES = 64 << 20
+
     def write(self, index: int, sample: Sample) -> None:
-        f = self._file
-        expected = int(f.attrs["n_written"])
-        if index != expected:
-            raise DatasetError(f"images must be written in order: expected index {expected}, got {index}")
+        """Add image ``index``; it is on disk for good once its part is committed (seconds later)."""
+        if index != self._written:
+            raise DatasetError(f"images must be written in order: expected index {self._written}, got {index}")
         masks = sample.masks
         problems = validate(masks.cell, masks.nucleus, masks.semantic, self.size)
         if problems:
             raise DatasetError(f"image {index}: invalid masks: {problems[0]}")
+        row = {"masks/semantic": masks.semantic, "masks/cell": masks.cell, "masks/nucleus": masks.nucleus}
+        if self.with_images:
+            row["images"] = _checked(sample.image, (2, *self.size), np.uint16, f"image {index}")
+        for name in self.variants:
+            if name not in sample.noisy:
+                raise DatasetError(f"image {index}: noisy variant '{name}' missing")
+            adu, snr = sample.noisy[name]
+            row[f"noisy/{name}/images"] = _checked(adu, (2, *self.size), np.uint16, f"{name} image {index}")
+            row[f"noisy/{name}/snr_db"] = np.asarray(snr, np.float32)
+        meta = dict(sample.meta, index=index)
+        for column, (dtype, _) in METADATA_COLUMNS.items():
+            row[f"metadata/{column}"] = meta.get(column, "" if dtype == "str" else (np.nan if dtype == "float64" else -1))
+        self._buffer.append(row)
+        self._written += 1
+        if (len(self._buffer) >= self.PART_IMAGES or time.monotonic() - self._last_commit >= self.PART_SECONDS
+                or len(self._buffer) * self._image_bytes() >= self.PART_BYTES):
+            self._commit()
+
+    def _image_bytes(self) -> int:
+        h, w = self.size
+        return h * w * (9 + 4 * ((1 if self.with_images else 0) + len(self.variants)))
+
+    def _commit(self):
+        if not self._buffer:
+            return
+        rows, start = self._buffer, self._written - len(self._buffer)
+        check_free_space(self._staging.folder, len(rows) * self._image_bytes(), f"images {start}..{self._written - 1}")
+
+        def write_part(f: h5py.File):
+            f.attrs["n_part"] = len(rows)
+            self._layout(f, len(rows))
+            for name in rows[0]:
+                values = [r[name] for r in rows]
+                f[name][...] = values if name.startswith("metadata/") else np.stack(values)
+
+        self._staging.commit(start, self._written, write_part)
+        self._buffer = []
+        self._last_commit = time.monotonic()
+
+    def finish(self, sources: list | None = None) -> Path:
+        """Commit what is buffered, merge every image into ``FILE`` atomically; returns its path.
+
+        ``sources``: finished sets (paths, in index order, covering ``0..n``) to merge instead of
+        this writer's own parts: the merge of a sharded run.
+        """
+        if self.finished:
+            return self.path
+        self._commit()
+        if sources is None:
+            if self._written != self.n:
+                raise DatasetError(f"only {self._written} of {self.n} images were written; "
+                                   f"{self._staging.folder} kept for resuming")
+            sources = self._staging.parts()
+        opened = [h5py.File(p, "r") for p in sources]
         try:
-            if self.with_images:
-                f["images"][index] = _checked(sample.image, (2, *self.size), np.uint16, f"image {index}")
-            f["masks/semantic"][index] = masks.semantic
-            f["masks/cell"][index] = masks.cell
-            f["masks/nucleus"][index] = masks.nucleus
-            for name in self.variants:
-                if name not in sample.noisy:
-                    raise DatasetError(f"image {index}: noisy variant '{name}' missing")
-                adu, snr = sample.noisy[name]
-                f[f"noisy/{name}/images"][index] = _checked(adu, (2, *self.size), np.uint16, f"{name} image {index}")
-                f[f"noisy/{name}/snr_db"][index] = np.asarray(snr, np.float32)
-            meta = dict(sample.meta, index=index)
-            for column, (dtype, _) in METADATA_COLUMNS.items():
-                value = meta.get(column, "" if dtype == "str" else (np.nan if dtype == "float64" else -1))
-                f[f"metadata/{column}"][index] = value
-            # the count moves only after the image is complete, so a crash never half-counts one
-            f.attrs["n_written"] = index + 1
-            f.flush()
-        except OSError as err:
-            raise DatasetError(_io_message(err, self)) from None
+            check_free_space(self.path.parent, sum(stored_bytes(f) for f in opened), f"the final {self.path}")
+            columns = list(METADATA_COLUMNS)
 
-    def finish(self) -> Path:
-        """Close and atomically move the finished set into place; returns its path."""
-        f = self._file
-        written = int(f.attrs["n_written"])
-        if written != self.n:
-            f.close()
-            raise DatasetError(f"only {written} of {self.n} images were written; {self.partial} kept for resuming")
-        f.close()
-        self._file = None
-        if self.resumed:
-            # a resumed file carries the interrupted run's allocation history; copying it into
-            # a fresh layout gives the same bytes as an uninterrupted run
-            self._repack()
-        os.replace(self.partial, self.path)
-        return self.path
+            def write_final(tmp: Path):
+                with self._create(tmp) as out:
+                    index = 0
+                    for src in opened:
+                        for j in range(int(src.attrs.get("n_part", src.attrs.get("n_images", 0)))):
+                            copy_images(out, index, src, j, self._order, columns)
+                            index += 1
+                            # counted and flushed per image as the writer always did: the same bytes
+                            out.attrs["n_written"] = index
+                            out.flush()
+                    if index != self.n:
+                        raise DatasetError(f"the parts hold {index} images, the set needs {self.n}")
 
-    def _repack(self):
-        fresh = self.partial.with_name(self.partial.name + ".repack")
-        with BenchmarkSet(self.partial, allow_partial=True) as old:
-            out = self._create(fresh)
-            try:
-                self._file = out
-                for i in range(self.n):
-                    self.write(i, old.sample(i))
-            finally:
-                out.close()
-                self._file = None
-        os.replace(fresh, self.partial)
+            path = self._staging.publish(write_final)
+        finally:
+            for f in opened:
+                f.close()
+        self.finished = True
+        return path
 
     def close(self):
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        """Commit complete images (also on an error or Ctrl-C: what is done stays done)."""
+        if not self.finished and self._buffer:
+            self._commit()
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
-
-
-def _io_message(err: OSError, writer: BenchmarkWriter) -> str:
-    text = str(err)
-    if "No space" in text or getattr(err, "errno", None) == 28:
-        return f"disk full while writing {writer.partial}; free space and rerun the same command to resume"
-    return f"write to {writer.partial} failed: {text.splitlines()[0]}; rerun the same command to resume"
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None:
+            self.close()
+            return
+        try:  # keep what is complete, but never hide the error that stopped the run
+            self.close()
+        except Exception:
+            pass
 
 
 def _checked(array, shape, dtype, what):
@@ -321,6 +349,12 @@ class BenchmarkSet:
     @property
     def has_images(self) -> bool:
         return "images" in self._f
+
+    @property
+    def compartments(self) -> list[str]:
+        """The annotated compartments (``cell``, ``nucleus``): an imported nucleus-only set
+        stores its nuclei as cells too, and only what is listed here is real."""
+        return list(json.loads(self.attrs.get("compartments", '["cell", "nucleus"]')))
 
     @property
     def metadata(self) -> dict[str, np.ndarray]:
