@@ -55,7 +55,7 @@ def one(n: int, out: Path, workers: int) -> dict:
     baseline = rss_mb()
     t0 = time.perf_counter()
     if workers > 1:
-        from cellgen.distributed import sample_sharded
+        from cellgen.sample_shards import sample_sharded
 
         path = sample_sharded(out, gen, pairs, renderer=rend, workers=workers, **kw)
     else:

@@ -92,10 +92,21 @@ def test_bench_resumes_and_refuses_foreign_results(tmp_path, small_set):
         run_bench(small_set, "watershed", out, variants=["poisson"], progress=False)
 
 
-def test_parallel_jobs_give_the_same_scores(tmp_path, small_set):
+def test_sharded_scoring_gives_the_same_scores(tmp_path, small_set, monkeypatch):
+    from cellgen.bench import shards
+
     a = run_bench(small_set, "watershed", tmp_path / "a", variants=["gaussian"], tiers=["high"], progress=False)
-    b = run_bench(small_set, "watershed", tmp_path / "b", variants=["gaussian"], tiers=["high"], jobs=2,
+    asked = []
+    real = shards.score_units_sharded
+
+    def in_process(*args, workers, scheduler, **kw):  # the shard path, its workers run here
+        asked.append(workers)
+        return real(*args, workers=1, scheduler=scheduler, **kw)
+
+    monkeypatch.setattr(shards, "score_units_sharded", in_process)
+    b = run_bench(small_set, "watershed", tmp_path / "b", variants=["gaussian"], tiers=["high"], workers=2,
                   progress=False)
+    assert asked == [2] and not (b / shards.PARTS).exists()
     ra, rb = write_reports(a, TIERS, n_boot=50), write_reports(b, TIERS, n_boot=50)
     strip = [{k: v for k, v in r.items() if k != "seconds_per_image"} for r in ra]
     assert strip == [{k: v for k, v in r.items() if k != "seconds_per_image"} for r in rb]

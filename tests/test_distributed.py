@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from cellgen.distributed import _sample_part, plan_shards
+from cellgen.distributed import plan_shards
+from cellgen.sample_shards import sample_part
 
 
 def cli(*args, cwd=None, env=None):
@@ -66,7 +67,7 @@ def test_sample_on_workers_and_dask_gives_single_process_bytes(models, cluster, 
 def test_killed_sharded_sample_resumes_to_the_same_bytes(models, tmp_path):
     from cellgen.datasets.h5 import BenchmarkSet
     from cellgen.density import DEFAULT_TIERS
-    from cellgen.distributed import sample_sharded
+    from cellgen.sample_shards import sample_sharded
     from cellgen.gen.generator import ContourGenerator
     from cellgen.pipeline import generated_set
     from cellgen.render.renderer import Renderer
@@ -80,8 +81,8 @@ def test_killed_sharded_sample_resumes_to_the_same_bytes(models, tmp_path):
     parts.mkdir()
     # as if killed: the first shard of the 2-worker plan finished, a shard of another plan is left
     (a, b), _ = plan_shards(len(pairs), 2, align=2)
-    first = _sample_part(str(parts / f"part-{a:09d}-{b:09d}.h5"), a, b, str(models["gen"]),
-                         str(models["rend"]), "cpu", pairs, dict(kw, batch_size=2))
+    first = sample_part(str(parts / f"part-{a:09d}-{b:09d}.h5"), a, b, str(models["gen"]),
+                        str(models["rend"]), "cpu", pairs, dict(kw, batch_size=2))
     stale = parts / "part-000000000-000000004.h5.partial"
     stale.write_bytes(b"left by a run with another number of workers")
     with BenchmarkSet(first) as ds:
@@ -94,15 +95,15 @@ def test_killed_sharded_sample_resumes_to_the_same_bytes(models, tmp_path):
 def test_finished_parts_are_reused_and_checked(models, tmp_path):
     """A part left by an earlier run is not recomputed; one from other options is refused."""
     from cellgen.density import DEFAULT_TIERS
-    from cellgen.distributed import sample_sharded
+    from cellgen.sample_shards import sample_sharded
     from cellgen.errors import DatasetError
 
     pairs = [(s, 1.0) for s in range(4)]
     kw = dict(pixel_size_um=0.5, variants=[], tiers=DEFAULT_TIERS, progress=False)
     parts = tmp_path / "out.h5.parts"
     parts.mkdir()
-    _sample_part(str(parts / "part-000000000-000000002.h5"), 0, 2, str(models["gen"]), None, "cpu",
-                 [(s, 0.5) for s in range(4)], dict(kw, batch_size=2))  # psi 0.5, not 1.0
+    sample_part(str(parts / "part-000000000-000000002.h5"), 0, 2, str(models["gen"]), None, "cpu",
+                [(s, 0.5) for s in range(4)], dict(kw, batch_size=2))  # psi 0.5, not 1.0
     with pytest.raises(DatasetError, match="other options"):
         sample_sharded(tmp_path / "out.h5", models["gen"], pairs, batch_size=2, workers=2, **kw)
     assert not (tmp_path / "out.h5").exists()

@@ -18,7 +18,7 @@ _NOT_CONTENT = {"--overwrite", "-q", "--quiet"}
 _OUTPUT = {"-o", "--output"}
 # where the work runs never changes the result: left out of the recorded command, so a set
 # made on 8 workers has the bytes of one made in one process
-_WHERE = {"--workers", "--scheduler"}
+_WHERE = {"--workers", "--jobs", "--scheduler"}
 _ARGV_KEY = "cellgen.argv"
 
 

@@ -1,0 +1,105 @@
+"""Scoring one bench unit (one image x one variant) and the records it leaves.
+
+A *record* is one JSON line of ``records.jsonl``: the image index, variant, tier, seconds
+spent segmenting and, per compartment, the pixel totals and instance counts of
+:mod:`cellgen.bench.metrics`. Reports are computed from records alone.
+
+Public API: :func:`score_segmentation`, :func:`score_unit`, :func:`encode_scores`,
+:func:`decode_scores`, :func:`complete_lines`, :func:`load_records`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cellgen.bench import metrics
+from cellgen.bench.methods.base import Method, Segmentation, check_image
+from cellgen.errors import CellgenError
+from cellgen.masks import Masks
+
+COMPARTMENTS = ("cell", "nucleus")
+RECORDS = "records.jsonl"
+
+
+def score_segmentation(seg: Segmentation, masks: Masks, compartments=COMPARTMENTS) -> dict:
+    """Per compartment: pixel totals and instance counts of one prediction against exact masks."""
+    scores = {}
+    for comp in compartments:
+        pred = getattr(seg, comp)
+        if pred is None:
+            continue
+        truth = getattr(masks, comp)
+        pred = np.asarray(pred)
+        if pred.shape != truth.shape:
+            raise CellgenError(f"{comp} prediction has shape {pred.shape}, the image is {truth.shape}")
+        scores[comp] = (metrics.pixel_totals(truth, pred), metrics.instance_counts(truth, pred))
+    return scores
+
+
+def score_unit(ds, method: Method, index: int, variant: str, compartments) -> dict:
+    """Segment image ``index`` (``variant``) of the open set ``ds`` and score it: one record."""
+    masks = ds.masks(index)
+    start = time.perf_counter()
+    if hasattr(method, "labels_for"):  # stored predictions: nothing to segment
+        seg = method.labels_for(index, variant, masks.cell.shape)
+    else:
+        seg = method.segment(check_image(ds.images(index, variant)), ds.pixel_size_um)
+    seconds = time.perf_counter() - start
+    return {
+        "index": int(index),
+        "variant": variant,
+        "tier": str(ds.metadata["tier"][index]),
+        "seconds": seconds,
+        "scores": encode_scores(score_segmentation(seg, masks, compartments)),
+    }
+
+
+def encode_scores(scores: dict) -> dict:
+    """:func:`score_segmentation`'s dataclasses -> plain JSON values."""
+    out = {}
+    for comp, (pix, inst) in scores.items():
+        out[comp] = {
+            "pixel": {k: np.asarray(v).tolist() for k, v in dataclasses.asdict(pix).items()},
+            "instance": {k: np.asarray(v).tolist() for k, v in dataclasses.asdict(inst).items()},
+        }
+    return out
+
+
+def decode_scores(scores: dict) -> dict:
+    """Inverse of :func:`encode_scores`."""
+    out = {}
+    for comp, d in scores.items():
+        pix = metrics.PixelTotals(**{k: np.asarray(v) if isinstance(v, list) else v for k, v in d["pixel"].items()})
+        inst = metrics.InstanceCounts(**{k: np.asarray(v) if isinstance(v, list) else v for k, v in d["instance"].items()})
+        out[comp] = (pix, inst)
+    return out
+
+
+def complete_lines(path: Path) -> list[str]:
+    """The JSON lines of ``path`` that parse; a last line cut short by a crash is left out."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    good = []
+    for line in path.read_text().splitlines():
+        try:
+            json.loads(line)
+        except ValueError:
+            continue
+        good.append(line)
+    return good
+
+
+def load_records(results_dir) -> list[dict]:
+    """Finished units of a results folder (a half-written line from a crash is ignored)."""
+    records = []
+    for line in complete_lines(Path(results_dir) / RECORDS):
+        rec = json.loads(line)
+        rec["scores"] = decode_scores(rec["scores"])
+        records.append(rec)
+    return records
