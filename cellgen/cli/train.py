@@ -93,3 +93,44 @@ def train_export(run_dir, output, half):
     else:
         raise CellgenError(f"{snap} is a '{kind}' checkpoint, not a training snapshot")
     click.echo(f"wrote {path}")
+
+
+@cli.command("calibrate")
+@click.option("--data", required=True, type=click.Path(dir_okay=False),
+              help="Your annotated set (from 'cellgen datasets import').")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Run folder (resumable).")
+@click.option("--generator-kimg", default=20.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Contour generator training length, in thousands of masks shown.")
+@click.option("--renderer-steps", default=2000, show_default=True, type=click.IntRange(1),
+              help="Renderer training length in steps.")
+@click.option("--generator-preset", default="small128", show_default=True,
+              type=click.Choice(["tiny", "small128", "small256", "paper512"]))
+@click.option("--renderer-preset", default="small256", show_default=True,
+              type=click.Choice(["tiny", "small256", "paper1024"]))
+@click.option("--from-scratch", is_flag=True, help="Random initial weights instead of fine-tuning the shipped models.")
+@click.option("--report-images", default=32, show_default=True, type=click.IntRange(8),
+              help="Generated images the quality report compares with your set.")
+@click.option("--segmenter-steps", default=300, show_default=True, type=click.IntRange(1),
+              help="Training steps of the report's Table-3 U-Net.")
+@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True),
+              help="Stop (and save) after this wall time; rerun the same command to continue.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("-q", "--quiet", is_flag=True)
+def calibrate_cmd(data, output, generator_kimg, renderer_steps, generator_preset, renderer_preset, from_scratch,
+                  report_images, segmenter_steps, max_minutes, seed, device, quiet):
+    """Train the generator and renderer on your set; writes OUTPUT/generator.pt, renderer.pt, report.md.
+
+    Then 'cellgen sample --checkpoint OUTPUT/generator.pt --renderer OUTPUT/renderer.pt' draws
+    graded sets that look like your data."""
+    from cellgen.calibrate import CalibrationConfig, calibrate
+
+    config = CalibrationConfig(generator_preset=generator_preset, renderer_preset=renderer_preset,
+                               generator_kimg=generator_kimg, renderer_steps=renderer_steps,
+                               fine_tune=not from_scratch, seed=seed, report_images=report_images,
+                               segmenter_steps=segmenter_steps)
+    state = calibrate(data, output, config, max_minutes=max_minutes, device=device, progress=not quiet)
+    if state["done"]:
+        click.echo(f"wrote {output}/generator.pt, {output}/renderer.pt and {output}/report.md")
+    else:
+        click.echo(f"paused after {max_minutes} min; run the same command again to continue")
