@@ -1,8 +1,9 @@
-"""CellPose adapter: weights resolution without downloads, and a model trained from scratch.
+"""CellPose adapter: weights resolution and download, and a model trained from scratch.
 
-No test here touches the network: built-in weights are never present, so the scoring test
+No test here touches the internet: built-in weights are never present, so the scoring test
 trains its own CellPose network on simulated images (CPU, about a minute) and runs it
-through the adapter with ``model=PATH``.
+through the adapter with ``model=PATH``; the download tests serve that network from a local
+HTTP server on 127.0.0.1 with CellPose's model address pointed at it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from cellgen.bench.methods import MethodUnavailable, get_method
 from cellgen.errors import CellgenError
 from cellgen.simulate import SimulationConfig, simulate_image
 from tests.conftest import f1_at
+from tests.local_http import LocalServer, closed_port_url
 
 PIXEL_SIZE = 0.5
 
@@ -49,10 +51,12 @@ def test_wrong_major_version_is_refused(monkeypatch):
 
 @pytest.fixture
 def empty_cache(monkeypatch, tmp_path):
-    """CellPose's weights folder pointed at an empty directory; any download attempt fails."""
+    """CellPose's weights folder pointed at an empty directory; any download attempt fails:
+    CellPose's own downloader raises, and its model address is a closed port on 127.0.0.1."""
     models = pytest.importorskip("cellpose.models")
     cache = tmp_path / "cellpose-models"
     monkeypatch.setattr(models, "MODEL_DIR", cache)
+    monkeypatch.setattr(models, "_MODEL_URL", closed_port_url() + "/models")
 
     def no_download(url, dst, progress=True):
         raise AssertionError(f"tried to download {url}")
@@ -66,10 +70,22 @@ def test_missing_builtin_weights_name_the_file(empty_cache):
     with pytest.raises(MethodUnavailable) as err:
         get_method("cellpose").check()
     msg = str(err.value)
+    # the one line says what was tried (the address, refused) and what to do instead
+    assert "cannot download http://127.0.0.1:" in msg and "/models/cyto3 (" in msg
     assert str(empty_cache / "cyto3") in msg
     assert "--model PATH" in msg and "\n" not in msg
     assert time.perf_counter() - t0 < 30  # no network wait
     assert not empty_cache.exists() or not any(empty_cache.iterdir())  # nothing fetched
+
+
+def test_downloads_off_refuse_without_trying(empty_cache, monkeypatch):
+    import cellpose.models
+
+    monkeypatch.setattr(cellpose.models, "_MODEL_URL", "http://127.0.0.1:1/never-asked")
+    with pytest.raises(MethodUnavailable, match="downloads are off.*never-asked/cyto3"):
+        get_method("cellpose", download=False).check()
+    with pytest.raises(CellgenError, match="download_timeout"):
+        get_method("cellpose", download_timeout=0)
 
 
 def test_weights_file_names_follow_cellpose(empty_cache):
@@ -208,6 +224,61 @@ def test_builtin_names_load_from_the_cache_without_download(trained, empty_cache
     np.save(empty_cache / "size_cyto3.npy", size, allow_pickle=True)
     auto.check()
     assert f1_at(sim.cell, auto.segment(sim.image, PIXEL_SIZE).cell) >= 0.6
+
+
+@pytest.fixture
+def model_server(empty_cache, monkeypatch):
+    """A local HTTP server on 127.0.0.1 standing in for www.cellpose.org/models."""
+    import cellpose.models
+
+    server = LocalServer()
+    monkeypatch.setattr(cellpose.models, "_MODEL_URL", server.url + "/models")
+    yield server
+    server.close()
+
+
+def test_builtin_weights_download_on_first_use(trained, empty_cache, model_server, capsys):
+    """A missing built-in model is fetched from CellPose's address, then runs; later runs use the cache."""
+    weights = trained["trained"].read_bytes()
+    size = {"A": np.zeros(256), "smean": np.zeros(256), "ymean": np.log(36 / 30), "diam_mean": 30.0}
+    size_file = empty_cache.parent / "size_cyto3.npy"
+    np.save(size_file, size, allow_pickle=True)
+    model_server.routes["/models/cyto3"] = (200, {}, weights)
+    model_server.routes["/models/size_cyto3.npy"] = (200, {}, size_file.read_bytes())
+
+    method = get_method("cellpose", model="cyto3", nuclei_model=None)
+    method.check()
+    assert [(m, path) for m, path, *_ in model_server.log] == [("GET", "/models/cyto3"), ("GET", "/models/size_cyto3.npy")]
+    assert (empty_cache / "cyto3").read_bytes() == weights
+    assert sorted(p.name for p in empty_cache.iterdir()) == ["cyto3", "size_cyto3.npy"]  # no leftovers
+    assert "downloading the 'cyto3' model file cyto3 from http://127.0.0.1" in capsys.readouterr().err
+    d = method.describe()
+    assert d["downloaded"] == {"cyto3": model_server.url + "/models/cyto3",
+                               "size_cyto3.npy": model_server.url + "/models/size_cyto3.npy"}
+    # the files are byte for byte the served ones; test_builtin_names_load_from_the_cache_without_download
+    # shows these very bytes under these names segment well (not repeated here: ~20 s of CPU)
+    assert method._specs["cell"].weights == empty_cache / "cyto3"
+
+    again = get_method("cellpose", model="cyto3", nuclei_model=None)
+    again.check()
+    assert len(model_server.log) == 2 and again.describe()["downloaded"] == {}
+
+
+@pytest.mark.parametrize("route, why", [
+    ((404, {}, b"no such model"), "HTTP 404"),
+    (("short", b"x" * 1000, 5000), "ended after 1000 of 5000 bytes"),
+    ("stall", "no answer within the timeout"),
+])
+def test_failed_download_is_one_line_and_keeps_nothing(empty_cache, model_server, route, why):
+    model_server.routes["/models/cyto2torch_0"] = route
+    t0 = time.perf_counter()
+    with pytest.raises(MethodUnavailable) as err:
+        get_method("cellpose", model="cyto2", diameter=30, nuclei_model=None, download_timeout=1).check()
+    msg = str(err.value)
+    assert why in msg and "cyto2torch_0" in msg and "\n" not in msg, msg
+    assert "--model PATH" in msg
+    assert time.perf_counter() - t0 < 15  # a stalled server is given up on after the timeout
+    assert [p.name for p in empty_cache.iterdir()] == []  # no partial file in the cache
 
 
 def test_bench_cli_with_trained_model_beats_untrained(trained, tmp_path):

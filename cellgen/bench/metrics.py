@@ -25,6 +25,8 @@ Instance metrics:
 - :func:`pool_instance_counts` (records) -> :class:`InstanceCounts` summed over images
 - :func:`instance_metrics` (counts) -> dict: per-threshold tp/fp/fn/precision/recall/f1/ap,
   mean_ap, pq, sq, rq, mean_matched_iou, seg, n_split, n_merged, n_true, n_pred
+- :func:`object_outcomes` (true, pred) -> :class:`ObjectOutcomes`: per-object match, IoU,
+  split and merge flags (for breakdowns by object, e.g. :mod:`cellgen.bench.crowding`)
 
 Confidence intervals:
 
@@ -56,6 +58,8 @@ __all__ = [
     "instance_counts",
     "pool_instance_counts",
     "instance_metrics",
+    "ObjectOutcomes",
+    "object_outcomes",
     "bootstrap_ci",
 ]
 
@@ -519,6 +523,46 @@ def _unbox(d: dict) -> dict:
         else:
             out[k] = a
     return out
+
+
+@dataclass
+class ObjectOutcomes:
+    """What happened to each object of one image, by the rules of :func:`instance_counts`.
+
+    Truth arrays (one entry per truth object, ids ascending): ``true_ids``, ``matched_pred``
+    (id of the prediction matched at IoU >= ``threshold``, 0 if none), ``matched_iou`` (NaN
+    if unmatched), ``split`` and ``merged`` (the object is split, or has >= 50 % of its pixels
+    in a merging prediction). Prediction arrays: ``pred_ids``, ``matched_true``.
+    """
+
+    true_ids: np.ndarray
+    matched_pred: np.ndarray
+    matched_iou: np.ndarray
+    split: np.ndarray
+    merged: np.ndarray
+    pred_ids: np.ndarray
+    matched_true: np.ndarray
+
+
+def object_outcomes(true: np.ndarray, pred: np.ndarray, threshold: float = PQ_THRESHOLD) -> ObjectOutcomes:
+    """Per-object matching, split and merge flags of one image (for per-object breakdowns)."""
+    ov = _overlap(true, pred)
+    nt, npr = ov.true_ids.size, ov.pred_ids.size
+    sel = _match(ov, float(threshold))
+    matched_pred = np.zeros(nt, np.int64)
+    matched_iou = np.full(nt, np.nan)
+    matched_true = np.zeros(npr, np.int64)
+    matched_pred[ov.ti[sel]] = ov.pred_ids[ov.pj[sel]]
+    matched_iou[ov.ti[sel]] = ov.iou[sel]
+    matched_true[ov.pj[sel]] = ov.true_ids[ov.ti[sel]]
+    twice = 2 * ov.inter
+    in_t = twice >= ov.pred_area[ov.pj]
+    split = np.bincount(ov.ti[in_t], minlength=nt) >= 2
+    in_p = twice >= ov.true_area[ov.ti]
+    merging = np.bincount(ov.pj[in_p], minlength=npr) >= 2
+    merged = np.zeros(nt, bool)
+    merged[ov.ti[in_p & merging[ov.pj]]] = True
+    return ObjectOutcomes(ov.true_ids, matched_pred, matched_iou, split, merged, ov.pred_ids, matched_true)
 
 
 # --------------------------------------------------------------------------- bootstrap

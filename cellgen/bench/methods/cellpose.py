@@ -6,8 +6,10 @@ the ``nuclei`` model fed the nucleus channel alone (``channels=[2, 0]``). Cell a
 ids are independent (two separate networks).
 
 Built-in weights live in CellPose's cache (``$CELLPOSE_LOCAL_MODELS_PATH`` or
-``~/.cellpose/models``) and CellPose downloads a missing file on first use. :meth:`check`
-looks for every file first, so an offline machine gets one clear line instead of a hang.
+``~/.cellpose/models``). As CellPose does on its own, a missing file is downloaded on first
+use from CellPose's model address (``cellpose.models._MODEL_URL``), here in :meth:`check`,
+before any image, with a progress bar and a bounded wait (:mod:`cellgen.bench.weights`); an
+offline machine gets one clear line instead of a hang, and the cache never holds half a file.
 
 Install: ``pip install cellpose==3.1.1.3`` (the 3.x API; 4.x dropped ``channels`` and the
 ``cyto`` models).
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cellgen.bench import weights as weights_download
 from cellgen.bench.methods.base import Method, MethodUnavailable, Segmentation, check_image
 from cellgen.errors import CellgenError
 from cellgen.fileio import file_digest
@@ -74,6 +77,11 @@ def models_dir() -> Path:
         return Path(loaded.MODEL_DIR)
     env = os.environ.get("CELLPOSE_LOCAL_MODELS_PATH")
     return Path(env) if env else Path.home() / ".cellpose" / "models"
+
+
+def model_url(cp_models) -> str:
+    """CellPose's download address for built-in weights (a file is ``{address}/{name}``)."""
+    return str(getattr(cp_models, "_MODEL_URL", _MODEL_URL)).rstrip("/")
 
 
 def _sha256(path: Path) -> str:
@@ -133,6 +141,8 @@ class CellPose(Method):
     - ``nucleus_diameter`` / ``nucleus_diameter_um`` (None): the same for nuclei.
     - ``flow_threshold`` (0.4), ``cellprob_threshold`` (0.0): CellPose's mask settings.
     - ``gpu`` (None): use CUDA when present (None), force it (True) or stay on CPU (False).
+    - ``download`` (True): fetch missing built-in weights on first use; False refuses instead.
+    - ``download_timeout`` (60): seconds a connect or read of that download may stall.
     """
 
     name = "cellpose"
@@ -148,6 +158,8 @@ class CellPose(Method):
         flow_threshold: float = 0.4,
         cellprob_threshold: float = 0.0,
         gpu: bool | None = None,
+        download: bool = True,
+        download_timeout: float = weights_download.DEFAULT_TIMEOUT,
     ):
         def spec(value):
             return None if value is None or str(value).lower() in ("", "none") else os.fspath(value)
@@ -167,6 +179,11 @@ class CellPose(Method):
         self.flow_threshold = float(flow_threshold)
         self.cellprob_threshold = float(cellprob_threshold)
         self.gpu = gpu
+        self.download = bool(download)
+        if not download_timeout or not float(download_timeout) > 0:
+            raise CellgenError(f"cellpose: download_timeout must be a positive number of seconds, got {download_timeout}")
+        self.download_timeout = float(download_timeout)
+        self.downloaded: dict[str, str] = {}  # file name -> address, for the results' metadata
         self.compartments = tuple(c for c, m in (("cell", self.model), ("nucleus", self.nuclei_model)) if m is not None)
         self._specs: dict[str, _Model] = {}
         self._loaded: dict[str, object] = {}
@@ -185,13 +202,24 @@ class CellPose(Method):
             m = _Model(value, role)
             for needed in m.resolve(cp_models, self._auto(role)):
                 if not needed.is_file():
-                    raise MethodUnavailable(
-                        f"cellpose: weights file {needed} for the '{m.spec}' model is missing; CellPose downloads it "
-                        f"from {_MODEL_URL}/{needed.name} on first use, so run once with internet, copy the file there "
-                        f"(or set CELLPOSE_LOCAL_MODELS_PATH to a folder holding it), or pass --model PATH to a model file"
-                    )
+                    self._fetch(cp_models, m, needed)
             specs[role] = m
         self._specs = specs
+
+    def _fetch(self, cp_models, m: _Model, needed: Path) -> None:
+        url = f"{model_url(cp_models)}/{needed.name}"
+        fallback = (f"copy the file to {needed} (or set CELLPOSE_LOCAL_MODELS_PATH to a folder holding it), "
+                    f"or pass --model PATH to a model file")
+        if not self.download:
+            raise MethodUnavailable(f"cellpose: weights file {needed} for the '{m.spec}' model is missing and "
+                                    f"downloads are off (download=false); get it from {url}, {fallback}")
+        print(f"cellpose: downloading the '{m.spec}' model file {needed.name} from {url}", file=sys.stderr)
+        try:
+            weights_download.download(url, needed, what=f"cellpose: '{m.spec}' model file {needed.name}",
+                                      fallback=fallback, timeout=self.download_timeout)
+        except weights_download.DownloadError as err:
+            raise MethodUnavailable(str(err)) from None
+        self.downloaded[needed.name] = url
 
     def describe(self) -> dict:
         versions = {}
@@ -209,6 +237,7 @@ class CellPose(Method):
             "nuclei_model": self.nuclei_model,
             "weights": resolved,
             "weights_sha256": digests,
+            "downloaded": dict(self.downloaded),
             "diameter": self.diameter,
             "diameter_um": self.diameter_um,
             "nucleus_diameter": self.nucleus_diameter,

@@ -1,0 +1,83 @@
+"""Weights downloads (cellgen.bench.weights) against a local HTTP server on 127.0.0.1:
+DeepCell's token path (asset service -> signed address -> file, md5-checked) and the
+failures a user meets offline or with a bad token, each as one line that keeps nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import urllib.parse
+
+import pytest
+
+from cellgen.bench import weights
+from tests.local_http import LocalServer, closed_port_url
+
+ASSET = "models/MultiplexSegmentation-9.tar.gz"
+PAYLOAD = bytes(range(256)) * 300  # stands in for the weights archive
+TOKEN = "test-token-123"
+
+
+@pytest.fixture
+def deepcell_service(monkeypatch):
+    """The asset service and the file store of deepcell, both on one local server."""
+    server = LocalServer()
+
+    def get_data(handler, body):
+        form = urllib.parse.parse_qs(body.decode())
+        if handler.headers.get("X-Api-Key") != TOKEN:
+            return (403, {}, b'{"detail": "bad token"}')
+        if form.get("s3_key") != [ASSET]:
+            return (404, {}, b"{}")
+        answer = {"url": server.url + "/signed/archive.tar.gz?sig=abc", "size": f"{len(PAYLOAD) / 1e3} kB"}
+        return (200, {"Content-Type": "application/json"}, json.dumps(answer).encode())
+
+    server.routes["/api/getData/"] = get_data
+    server.routes["/signed/archive.tar.gz?sig=abc"] = (200, {}, PAYLOAD)
+    monkeypatch.setattr(weights, "DEEPCELL_API", server.url + "/api/getData/")
+    monkeypatch.delenv("DEEPCELL_ACCESS_TOKEN", raising=False)
+    yield server
+    server.close()
+
+
+def test_token_fetches_the_asset_md5_checked(deepcell_service, tmp_path, monkeypatch):
+    monkeypatch.setenv("DEEPCELL_ACCESS_TOKEN", TOKEN)
+    dest = tmp_path / "models" / "MultiplexSegmentation-9.tar.gz"
+    got = weights.fetch_deepcell_asset(ASSET, dest, md5=hashlib.md5(PAYLOAD).hexdigest(), progress=False)
+    assert got == dest and dest.read_bytes() == PAYLOAD
+    post, fetch = deepcell_service.log
+    assert post[0] == "POST" and post[2]["X-Api-Key"] == TOKEN
+    assert urllib.parse.parse_qs(post[3].decode()) == {"s3_key": [ASSET]}
+    assert fetch[:2] == ("GET", "/signed/archive.tar.gz?sig=abc")
+    assert [p.name for p in dest.parent.iterdir()] == [dest.name]
+
+
+def test_token_problems_are_one_line(deepcell_service, tmp_path, monkeypatch):
+    dest = tmp_path / "MultiplexSegmentation-9.tar.gz"
+    with pytest.raises(weights.DownloadError, match="DEEPCELL_ACCESS_TOKEN is not set.*users.deepcell.org"):
+        weights.fetch_deepcell_asset(ASSET, dest, progress=False)
+    assert deepcell_service.log == []  # nothing asked without a token
+    monkeypatch.setenv("DEEPCELL_ACCESS_TOKEN", "wrong")
+    with pytest.raises(weights.DownloadError, match=r"refused DEEPCELL_ACCESS_TOKEN \(HTTP 403\)") as err:
+        weights.fetch_deepcell_asset(ASSET, dest, progress=False)
+    assert "\n" not in str(err.value) and "model=PATH" in str(err.value)
+    monkeypatch.setenv("DEEPCELL_ACCESS_TOKEN", TOKEN)
+    with pytest.raises(weights.DownloadError, match="md5 .* expected 0{32}; nothing was kept"):
+        weights.fetch_deepcell_asset(ASSET, dest, md5="0" * 32, progress=False)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(weights.DownloadError, match="cannot reach http://127.0.0.1:.*offline"):
+        weights.fetch_deepcell_asset(ASSET, dest, endpoint=closed_port_url() + "/api/getData/", progress=False)
+
+
+def test_stalled_download_gives_up_after_the_timeout(tmp_path):
+    server = LocalServer()
+    server.routes["/slow"] = "stall"
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(weights.DownloadError, match="no answer within the timeout"):
+            weights.download(server.url + "/slow", tmp_path / "w", timeout=0.5, progress=False)
+    finally:
+        server.close()
+    assert time.perf_counter() - t0 < 10
+    assert list(tmp_path.iterdir()) == []
