@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -68,12 +69,32 @@ def bench_setup(method):
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="compare.png", show_default=True,
               help="Plot to write.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write the table as CSV.")
-def bench_compare(results, output, csv_path):
-    """Several results folders side by side: one table and one plot."""
-    from cellgen.bench.report import _write_csv, compare
+@click.option("--real", "real_dirs", multiple=True, type=click.Path(file_okay=False),
+              help="Results folder(s) scored on real images [default: told by the scored sets' image sources].")
+@click.option("--metric", default="f1@0.5", show_default=True, help="Score the transfer report ranks methods by.")
+@click.option("--synthetic-variant", default="clean", show_default=True,
+              help="Synthetic image variant compared with the real images.")
+def bench_compare(results, output, csv_path, real_dirs, metric, synthetic_variant):
+    """Several results folders side by side: one table and one plot.
 
-    table, rows = compare(results, output)
+    When some folders scored a real set and others a synthetic one, a transfer report
+    follows: per density tier, the methods' rank agreement (Kendall's tau) between real and
+    synthetic images and each method's score gap (OUTPUT-transfer.png / .json)."""
+    from cellgen.bench.report import _write_csv, compare
+    from cellgen.bench.transfer import format_transfer, plot_transfer, split_results, transfer_report
+    from cellgen.fileio import atomic_path
+
+    table, rows = compare(list(results) + [d for d in real_dirs if d not in results], output)
     click.echo(table)
     if csv_path:
         _write_csv(Path(csv_path), rows)
     click.echo(f"wrote {output}")
+    real, synthetic = split_results(results, real_dirs)
+    if real and synthetic:
+        report = transfer_report(real, synthetic, metric=metric, synthetic_variant=synthetic_variant)
+        stem = Path(output).with_suffix("")
+        with atomic_path(Path(f"{stem}-transfer.json")) as tmp:
+            tmp.write_text(json.dumps(report, indent=2))
+        plot_transfer(report, f"{stem}-transfer.png")
+        click.echo(format_transfer(report))
+        click.echo(f"wrote {stem}-transfer.png and {stem}-transfer.json")

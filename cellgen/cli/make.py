@@ -6,7 +6,6 @@ import click
 
 from cellgen.cli.root import cli, command_line, print_summary
 from cellgen.cli.options import (
-    NOISE_MODE,
     SCHEDULER,
     WORKERS,
     default_checkpoint,
@@ -16,7 +15,6 @@ from cellgen.cli.options import (
     parse_list,
     parse_seeds,
 )
-from cellgen.cli.noise_axis import noise_axis_options
 
 
 @cli.command()
@@ -30,15 +28,13 @@ from cellgen.cli.noise_axis import noise_axis_options
 @click.option("--cell-radius", default=9.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Mean cell radius in um.")
 @click.option("--touching", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="0 keeps cells apart, 1 packs them.")
 @click.option("--clustering", default=0.3, show_default=True, type=click.FloatRange(0, 1), help="Fraction of cells placed next to another.")
-@click.option("--variants", default="clean,gaussian,poisson", show_default=True,
-              help="Image variants: clean, noise presets, cameras (ccd-icx285, ...; NAME@PHOTONS), cellpose3.")
-@noise_axis_options
+@click.option("--variants", default="clean,gaussian,poisson", show_default=True, help="Image variants: clean and noise presets.")
 @click.option("--tier-measure", default="cells_per_mm2", show_default=True, help="Density measure that defines tiers.")
 @click.option("--tier-thresholds", default="700,1600", show_default=True, help="Tier boundaries on that measure.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def simulate(output, n_images, count, density, size, seed, pixel_size, cell_radius, touching, clustering,
-             noise_args, tier_measure, tier_thresholds, overwrite, quiet):
+             variants, tier_measure, tier_thresholds, overwrite, quiet):
     """Write a benchmark set from the procedural cell simulator (no weights needed)."""
     from cellgen.density import TierScheme
     from cellgen.pipeline import simulate_set
@@ -51,7 +47,7 @@ def simulate(output, n_images, count, density, size, seed, pixel_size, cell_radi
     )
     tiers = TierScheme.parse(tier_measure, tier_thresholds)
     path = simulate_set(
-        output, config, n_images, seed, **noise_args, tiers=tiers,
+        output, config, n_images, seed, variants=parse_list(variants), tiers=tiers,
         command=command_line(), overwrite=overwrite, progress=not quiet,
     )
     print_summary(path)
@@ -66,9 +62,7 @@ def simulate(output, n_images, count, density, size, seed, pixel_size, cell_radi
 @click.option("--tier", "target_tier", help="Targeted: draw (seed, psi) until --n masks fall in this density tier.")
 @click.option("--count", "target_count", help="Targeted: draw until --n masks have LOW:HIGH cells.")
 @click.option("--n", "n_target", type=click.IntRange(1), help="Images to collect with --tier/--count.")
-@click.option("--variants", default="clean,gaussian,poisson", show_default=True,
-              help="Image variants (with a renderer): as for simulate.")
-@noise_axis_options
+@click.option("--variants", default="clean,gaussian,poisson", show_default=True, help="Image variants (with a renderer).")
 @click.option("--pixel-size", type=click.FloatRange(min=0, min_open=True), help="um/px [default: the generator's training data].")
 @click.option("--size", type=click.IntRange(8), help="Image side in px; label maps are resampled to it "
               "[default: the renderer's training scale, else the generator's resolution].")
@@ -76,13 +70,12 @@ def simulate(output, n_images, count, density, size, seed, pixel_size, cell_radi
 @click.option("--tier-thresholds", default="700,1600", show_default=True)
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
-@NOISE_MODE
 @WORKERS
 @SCHEDULER
 @click.option("--overwrite", is_flag=True)
 @click.option("-q", "--quiet", is_flag=True)
-def sample(output, checkpoint, renderer, psi, seeds, target_tier, target_count, n_target, noise_args, pixel_size,
-           size, tier_measure, tier_thresholds, batch_size, device, noise_mode, workers, scheduler, overwrite, quiet):
+def sample(output, checkpoint, renderer, psi, seeds, target_tier, target_count, n_target, variants, pixel_size,
+           size, tier_measure, tier_thresholds, batch_size, device, workers, scheduler, overwrite, quiet):
     """Generate a benchmark set: contours -> exact masks -> rendered images -> noise variants."""
     from cellgen.density import TierScheme
     from cellgen.pipeline import generated_set, matched_size
@@ -113,15 +106,15 @@ def sample(output, checkpoint, renderer, psi, seeds, target_tier, target_count, 
             lo, hi = parse_count(target_count) if ":" in target_count else (int(target_count),) * 2
             accept = lambda m: lo <= m["count"] <= hi  # noqa: E731
         accepted, draws = targeted_draws(gen, accept, n_target, psis, pixel_size, first_seed=seed_list[0],
-                                         batch_size=batch_size, output_size=size, noise_mode=noise_mode)
+                                         batch_size=batch_size, output_size=size)
         pairs = [(a[0], a[1]) for a in accepted]
         extra = {"target": {"tier": target_tier, "count": target_count, "n": n_target, "draws": draws}}
         if not quiet:
             click.echo(f"accepted {len(pairs)} of {draws} draws")
     else:
         pairs = [(s, p) for s in seed_list for p in psis]
-    set_args = dict(pixel_size_um=pixel_size, batch_size=batch_size, size=size, recipe_extra=extra, noise_mode=noise_mode,
-                    **noise_args, tiers=tiers, command=command_line(), overwrite=overwrite,
+    set_args = dict(pixel_size_um=pixel_size, batch_size=batch_size, size=size, recipe_extra=extra,
+                    variants=parse_list(variants), tiers=tiers, command=command_line(), overwrite=overwrite,
                     progress=not quiet)
     if workers > 1 or scheduler:
         from cellgen.sample_shards import sample_sharded
@@ -139,19 +132,18 @@ def sample(output, checkpoint, renderer, psi, seeds, target_tier, target_count, 
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="Set whose masks to render.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="New set with images.")
 @click.option("--checkpoint", help="Renderer checkpoint [default: shipped].")
-@click.option("--variants", default="clean,gaussian,poisson", show_default=True, help="Image variants: as for simulate.")
-@noise_axis_options
+@click.option("--variants", default="clean,gaussian,poisson", show_default=True)
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--overwrite", is_flag=True)
 @click.option("-q", "--quiet", is_flag=True)
-def render(data, output, checkpoint, noise_args, batch_size, device, overwrite, quiet):
+def render(data, output, checkpoint, variants, batch_size, device, overwrite, quiet):
     """Render images for a set's masks into a new set, for example a masks-only set."""
     from cellgen.pipeline import rendered_set
     from cellgen.render.renderer import Renderer
 
     rend = Renderer.load(checkpoint or default_checkpoint("renderer"), device=device)
-    path = rendered_set(output, data, rend, batch_size=batch_size, **noise_args,
+    path = rendered_set(output, data, rend, batch_size=batch_size, variants=parse_list(variants),
                         command=command_line(), overwrite=overwrite, progress=not quiet)
     print_summary(path)
 
@@ -173,13 +165,11 @@ def preview(file, output, variant, per_tier, no_outlines):
 @cli.command("export")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.argument("out_dir", type=click.Path(file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["tiff", "png", "ome-tiff", "ome-zarr"]), default="tiff",
-              show_default=True, help="Files per image and mask (tiff, png), the same as OME-TIFF with the pixel "
-              "size, or one OME-Zarr (NGFF) image per image with labels/cells and labels/nuclei.")
+@click.option("--format", "fmt", type=click.Choice(["tiff", "png"]), default="tiff", show_default=True)
 @click.option("--variants", default=None, help="Variants to export (default: all).")
 @click.option("-q", "--quiet", is_flag=True)
 def export_cmd(file, out_dir, fmt, variants, quiet):
-    """Write a set as files per image and mask (TIFF, PNG, OME-TIFF) or as OME-Zarr images."""
+    """Write a set as one TIFF/PNG file per image and per mask."""
     from cellgen.datasets.export import export_set
 
     export_set(file, out_dir, fmt, parse_list(variants) if variants else None, progress=not quiet)
