@@ -75,12 +75,13 @@ def ks(a, b):
     return {"statistic": float(r.statistic), "pvalue": float(r.pvalue)}
 
 
-def contour_section(gen, data, n, out, pixel_size, size=None, psi_seeds=48):
+def contour_section(gen, data, n, out, pixel_size, size=None, psi_seeds=48, noise_mode="random"):
     with BenchmarkSet(data) as ds:
         idx = np.linspace(0, ds.n - 1, min(n, ds.n)).round().astype(int)
         real = [ds.masks(int(i)) for i in idx]
     t = time.perf_counter()
-    scores = np.concatenate([gen.label_maps(list(range(s, min(s + 16, n))), psi=1.0) for s in range(0, n, 16)])
+    scores = np.concatenate([gen.label_maps(list(range(s, min(s + 16, n))), psi=1.0, noise_mode=noise_mode)
+                             for s in range(0, n, 16)])
     fake = masks_from_scores(scores)
     gen_seconds = (time.perf_counter() - t) / n
     valid = float(np.mean([validate(m.cell, m.nucleus, m.semantic) == [] and m.count > 0 for m in fake]))
@@ -94,7 +95,7 @@ def contour_section(gen, data, n, out, pixel_size, size=None, psi_seeds=48):
     per_psi = {}
     seeds = list(range(psi_seeds))
     for psi in PSIS:
-        scores = np.concatenate([gen.label_maps(seeds[s:s + 16], psi=psi, output_size=size)
+        scores = np.concatenate([gen.label_maps(seeds[s:s + 16], psi=psi, output_size=size, noise_mode=noise_mode)
                                  for s in range(0, len(seeds), 16)])
         measures = [density.measure(m.cell, out_px) for m in masks_from_scores(scores)]
         c = [int(m["count"]) for m in measures]
@@ -103,12 +104,12 @@ def contour_section(gen, data, n, out, pixel_size, size=None, psi_seeds=48):
                              "tiers": {t: names.count(t) for t in tiers.names}}
     all_tiers = {t: sum(v["tiers"][t] for v in per_psi.values()) for t in tiers.names}
     sweep_seeds = list(range(30))
-    table = psi_sweep(gen, sweep_seeds, PSIS, pixel_size)
-    direction = fit_density_direction(gen, range(1000, 1100), pixel_size)
-    dtable = direction_sweep(gen, direction, sweep_seeds, [-3, -1.5, 0, 1.5, 3], pixel_size)
+    table = psi_sweep(gen, sweep_seeds, PSIS, pixel_size, noise_mode=noise_mode)
+    direction = fit_density_direction(gen, range(1000, 1100), pixel_size, noise_mode=noise_mode)
+    dtable = direction_sweep(gen, direction, sweep_seeds, [-3, -1.5, 0, 1.5, 3], pixel_size, noise_mode=noise_mode)
     _figure_contours(out / "contours.png", real[:6], fake[:6], (rc, ra, rn), (fc, fa, fn))
     return {
-        "n_generated": n, "n_training_masks": len(real),
+        "noise_mode": noise_mode, "n_generated": n, "n_training_masks": len(real),
         "valid_fraction": valid,
         "count": {"training_mean": float(rc.mean()), "generated_mean": float(fc.mean()), "ks": ks(rc, fc)},
         "cell_area_um2": {"training_median": float(np.median(ra)), "generated_median": float(np.median(fa))
@@ -213,6 +214,7 @@ def quality_section(gen, rend, args, size, pixel_size, out):
         path = Path(tmp) / "generated.h5"
         t = time.perf_counter()
         generated_set(path, gen, pairs, renderer=rend, pixel_size_um=pixel_size, size=size, variants=[],
+                      noise_mode=args.noise_mode,
                       progress=True)
         result["sampling_s"] = time.perf_counter() - t
         for name in backbones:
@@ -229,7 +231,7 @@ def quality_section(gen, rend, args, size, pixel_size, out):
 LABEL_COLOURS = np.array([(0.0, 0.0, 0.0), (0.1, 0.65, 0.2), (0.2, 0.35, 0.95), (1.0, 0.85, 0.1)], np.float32)
 
 
-def fig4(gen, rend, path, size=None, seeds=(0, 1, 2), render: bool = True):
+def fig4(gen, rend, path, size=None, seeds=(0, 1, 2), render: bool = True, noise_mode: str = "random"):
     """Like the paper's Fig. 4: for each seed (rows) and psi (columns) the generated label
     map in class colours and, below it, the image rendered from its exact masks as RGB
     (nucleus blue, cytoplasm green: ``cellgen.preview.composite``)."""
@@ -244,7 +246,7 @@ def fig4(gen, rend, path, size=None, seeds=(0, 1, 2), render: bool = True):
     for i, seed in enumerate(seeds):
         for j, psi in enumerate(PSIS):
             # the same calls generated_set makes: scores at the output size -> exact masks -> render
-            scores = gen.label_maps([seed], psi=psi, output_size=size)
+            scores = gen.label_maps([seed], psi=psi, output_size=size, noise_mode=noise_mode)
             m = masks_from_scores(scores)[0]
             ax = axes[rows * i, j]
             ax.imshow(LABEL_COLOURS[np.argmax(scores[0], axis=0)], interpolation="nearest")
@@ -273,6 +275,10 @@ def write_markdown(report: dict, path: Path):
         f"{ri.get('steps')} steps, {ri.get('wall_time_s', ri.get('wall_s', '?'))} s on {ri.get('device')}.",
         "",
         "## Contours: generated (psi = 1) vs training masks",
+        "",
+        f"Generator noise mode: `{c.get('noise_mode', 'const')}` (`random`: each seed draws its own noise; "
+        "`const`: one shared field, the official protocol). Layout diversity, precision/recall and the goals: "
+        "`cellgen eval contours` (`contours/report.md`).",
         "",
         "| quantity | training | generated | KS statistic | KS p |",
         "|---|---|---|---|---|",
@@ -372,6 +378,8 @@ def main():
     ap.add_argument("--inception-weights", help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth: adds the standard FID")
     ap.add_argument("--size", type=int, help="output image size [default: as `cellgen sample`: the renderer's scale]")
     ap.add_argument("--no-render-figure", action="store_true", help="label maps only in fig4")
+    ap.add_argument("--noise-mode", default="random", choices=["random", "const", "none"],
+                    help="generator noise: per-seed (default) or the official shared field")
     ap.add_argument("-o", "--output", required=True)
     args = ap.parse_args()
     out = Path(args.output)
@@ -390,13 +398,13 @@ def main():
     rend.check_size(size, size)
     out_px = pixel_size * gen.resolution / size
     report = {"generator": {"path": args.generator, "sha256": gen.sha256, "info": gen.info},
-              "contours": contour_section(gen, args.data, args.n, out, pixel_size, size=size)}
+              "contours": contour_section(gen, args.data, args.n, out, pixel_size, size=size, noise_mode=args.noise_mode)}
     _, rendering = render_section(args.renderer, args.render_data or args.data, args.heldout, out)
     report["renderer"] = {"path": args.renderer, "sha256": rend.sha256, "info": rend.info}
     report["rendering"] = rendering
     report["quality"] = quality_section(gen, rend, args, size, out_px, out)
     report["speed"] = speed_section(gen, rend, size, out_px)
-    fig4(gen, rend, out / "fig4_psi.png", size=size, render=not args.no_render_figure)
+    fig4(gen, rend, out / "fig4_psi.png", size=size, render=not args.no_render_figure, noise_mode=args.noise_mode)
     report["report_wall_s"] = time.perf_counter() - started
     (out / "report.json").write_text(json.dumps(report, indent=2, default=float))
     write_markdown(report, out / "report.md")

@@ -30,11 +30,15 @@ def masks_from_scores(scores: np.ndarray) -> list[Masks]:
     return [instances_from_label_map(s) for s in np.asarray(scores)]
 
 
-def measure_ws(gen, ws, pixel_size_um: float, measure: str = "count", batch_size: int = 16) -> np.ndarray:
-    """Density measure of the masks generated from each w (N,)."""
+def measure_ws(gen, ws, pixel_size_um: float, measure: str = "count", batch_size: int = 16, *, seeds=None,
+               noise_mode: str = "random") -> np.ndarray:
+    """Density measure of the masks generated from each w (N,); ``seeds`` (one per w) give
+    each image its noise in noise mode ``random``."""
     out = []
     for start in range(0, len(ws), batch_size):
-        for m in masks_from_scores(gen.label_maps_from_w(ws[start:start + batch_size])):
+        chunk = None if seeds is None else list(seeds)[start:start + batch_size]
+        scores = gen.label_maps_from_w(ws[start:start + batch_size], noise_mode=noise_mode, seeds=chunk)
+        for m in masks_from_scores(scores):
             out.append(density.measure(m.cell, pixel_size_um)[measure])
     return np.asarray(out, dtype=float)
 
@@ -46,12 +50,14 @@ def monotonic_fraction(values: np.ndarray) -> float:
     return float(mono.mean()) if mono.size else float("nan")
 
 
-def psi_sweep(gen, seeds, psis, pixel_size_um: float, measure: str = "count") -> np.ndarray:
-    """Measured density for every (seed, psi): shape (len(seeds), len(psis))."""
-    w = gen.w_from_seeds(list(seeds))
+def psi_sweep(gen, seeds, psis, pixel_size_um: float, measure: str = "count", noise_mode: str = "random") -> np.ndarray:
+    """Measured density for every (seed, psi): shape (len(seeds), len(psis)); a seed keeps
+    its noise across psi (only w moves)."""
+    seeds = list(seeds)
+    w = gen.w_from_seeds(seeds)
     table = np.zeros((len(seeds), len(psis)))
     for j, psi in enumerate(psis):
-        table[:, j] = measure_ws(gen, gen.truncate(w, psi), pixel_size_um, measure)
+        table[:, j] = measure_ws(gen, gen.truncate(w, psi), pixel_size_um, measure, seeds=seeds, noise_mode=noise_mode)
     return table
 
 
@@ -66,13 +72,13 @@ class DensityDirection:
 
 
 def fit_density_direction(gen, seeds, pixel_size_um: float, psi: float = 1.0, measure: str = "count",
-                          ridge: float = 1.0) -> DensityDirection:
+                          ridge: float = 1.0, noise_mode: str = "random") -> DensityDirection:
     """Ridge regression of the measured density on w (first layer's w) over many seeds."""
     seeds = list(seeds)
     if len(seeds) < 8:
         raise CellgenError("fitting a density direction needs at least 8 seeds")
     w = gen.truncate(gen.w_from_seeds(seeds), psi)
-    y = measure_ws(gen, w, pixel_size_um, measure)
+    y = measure_ws(gen, w, pixel_size_um, measure, seeds=seeds, noise_mode=noise_mode)
     x = np.asarray(w)[:, 0, :].astype(np.float64)
     xc, yc = x - x.mean(0), y - y.mean()
     coef = np.linalg.solve(xc.T @ xc + ridge * np.eye(x.shape[1]), xc.T @ yc)
@@ -85,17 +91,20 @@ def fit_density_direction(gen, seeds, pixel_size_um: float, psi: float = 1.0, me
 
 
 def direction_sweep(gen, direction: DensityDirection, seeds, alphas, pixel_size_um: float,
-                    psi: float = 1.0, measure: str = "count") -> np.ndarray:
+                    psi: float = 1.0, measure: str = "count", noise_mode: str = "random") -> np.ndarray:
     """Measured density for every (seed, alpha) along the fitted direction."""
-    w = gen.truncate(gen.w_from_seeds(list(seeds)), psi)
+    seeds = list(seeds)
+    w = gen.truncate(gen.w_from_seeds(seeds), psi)
     table = np.zeros((len(seeds), len(alphas)))
     for j, alpha in enumerate(alphas):
-        table[:, j] = measure_ws(gen, direction.apply(np.asarray(w), alpha), pixel_size_um, measure)
+        table[:, j] = measure_ws(gen, direction.apply(np.asarray(w), alpha), pixel_size_um, measure, seeds=seeds,
+                                 noise_mode=noise_mode)
     return table
 
 
 def targeted_draws(gen, accept, n: int, psis, pixel_size_um: float, first_seed: int = 0,
-                   max_draws: int = 10000, batch_size: int = 16, output_size: int | None = None):
+                   max_draws: int = 10000, batch_size: int = 16, output_size: int | None = None,
+                   noise_mode: str = "random"):
     """Draw (seed, psi) in a fixed order until ``n`` masks satisfy ``accept(measures)``.
 
     Masks are made at ``output_size`` (as the set will hold them), ``pixel_size_um`` is
@@ -110,7 +119,9 @@ def targeted_draws(gen, accept, n: int, psis, pixel_size_um: float, first_seed: 
         seed += batch_size
         w = gen.w_from_seeds(seeds)
         for psi in psis:
-            for s, m in zip(seeds, masks_from_scores(gen.label_maps_from_w(gen.truncate(w, psi), output_size=output_size))):
+            scores = gen.label_maps_from_w(gen.truncate(w, psi), output_size=output_size, seeds=seeds,
+                                           noise_mode=noise_mode)
+            for s, m in zip(seeds, masks_from_scores(scores)):
                 draws += 1
                 measures = density.measure(m.cell, pixel_size_um)
                 if accept(measures) and len(accepted) < n:

@@ -199,7 +199,8 @@ def matched_size(generator, renderer=None) -> int:
 
 
 def generated_set(path, generator, pairs: list[tuple[int, float]], *, renderer=None, pixel_size_um: float,
-                  batch_size: int = 8, recipe_extra: dict | None = None, size: int | None = None, **kwargs):
+                  batch_size: int = 8, recipe_extra: dict | None = None, size: int | None = None,
+                  noise_mode: str = "random", **kwargs):
     """A benchmark set from the contour generator (and the renderer, when given).
 
     ``size`` resamples the generator's label-map scores to that many pixels a side
@@ -208,7 +209,13 @@ def generated_set(path, generator, pairs: list[tuple[int, float]], *, renderer=N
     ``pairs`` lists the (seed, psi) of every image in order. Work is done ``batch_size``
     images at a time: label maps for the batch, exact masks, then rendering of the batch;
     the writer still streams image by image.
+
+    ``noise_mode`` (see :mod:`cellgen.gen.generator`): ``random`` gives each image the
+    noise of its own seed, ``const`` the network's one stored field (the official protocol:
+    near-identical layouts across seeds). It is recorded in the recipe and as the set
+    attribute ``noise_mode``.
     """
+    from cellgen.gen.generator import check_noise_mode
     from cellgen.density_control import masks_from_scores
 
     pairs = [(int(s), float(p)) for s, p in pairs]
@@ -225,7 +232,8 @@ def generated_set(path, generator, pairs: list[tuple[int, float]], *, renderer=N
             chunk = range(first, min(first + batch_size, len(pairs)))
             ws = generator.w_from_seeds([pairs[k][0] for k in chunk])
             ws = np.concatenate([generator.truncate(ws[j:j + 1], pairs[k][1]) for j, k in enumerate(chunk)])
-            masks = masks_from_scores(generator.label_maps_from_w(ws, output_size=size))
+            masks = masks_from_scores(generator.label_maps_from_w(ws, output_size=size, noise_mode=noise_mode,
+                                                                  seeds=[pairs[k][0] for k in chunk]))
             images = [None] * len(masks)
             if renderer is not None:
                 images = renderer.render_batch(np.stack([m.semantic for m in masks]),
@@ -236,8 +244,11 @@ def generated_set(path, generator, pairs: list[tuple[int, float]], *, renderer=N
         return cache[i]
 
     size = int(size or generator.resolution)
+    check_noise_mode(noise_mode)
     recipe = {"source": "stylegan2", "size": size, "pairs": [list(p) for p in pairs], "generator_sha256": generator.sha256,
-              "renderer_sha256": renderer.sha256 if renderer is not None else "", **(recipe_extra or {})}
+              "renderer_sha256": renderer.sha256 if renderer is not None else "", "noise_mode": noise_mode,
+              **(recipe_extra or {})}
+    kwargs["extra_attrs"] = dict(kwargs.get("extra_attrs") or {}, noise_mode=noise_mode)
     return write_set(path, len(pairs), source, image_size=(size, size), pixel_size_um=pixel_size_um,
                      with_images=renderer is not None, recipe=recipe, generator_sha256=generator.sha256,
                      renderer_sha256=renderer.sha256 if renderer is not None else "", **kwargs)

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from cellgen.cli.root import OrderedGroup, cli
-from cellgen.cli.options import default_checkpoint, load_generator, parse_floats, parse_list, parse_seeds
+from cellgen.cli.options import NOISE_MODE, default_checkpoint, load_generator, parse_floats, parse_list, parse_seeds
 
 
 @cli.group("eval", cls=OrderedGroup)
@@ -75,6 +75,51 @@ def eval_quality(generated, reference, backbone, inception_weights, what, max_im
     click.echo(f"results in {out / 'quality.json'}")
 
 
+@eval_group.command("contours")
+@click.option("--checkpoint", "checkpoints", multiple=True,
+              help="Contour generator(s) [default: shipped]; several are ranked for picking a snapshot.")
+@click.option("--reference", required=True, type=click.Path(dir_okay=False), help="The generator's training corpus (HDF5).")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder for the report.")
+@click.option("--n", "n_images", default=256, show_default=True, type=click.IntRange(8),
+              help="Generated maps (psi 1) for precision/recall, FD and KS.")
+@click.option("--n-reference", default=512, show_default=True, type=click.IntRange(8), help="Corpus maps used.")
+@click.option("--n-diversity", default=64, show_default=True, type=click.IntRange(2), help="Maps per side for the IoU.")
+@click.option("--psi-seeds", default=48, show_default=True, type=click.IntRange(0), help="Seeds of the psi sweep.")
+@click.option("--first-seed", default=0, show_default=True, type=click.IntRange(0))
+@click.option("--k", default=3, show_default=True, type=click.IntRange(1), help="k of the k-NN manifolds (P/R).")
+@NOISE_MODE
+@click.option("--device", default="cpu", show_default=True)
+@click.option("-q", "--quiet", is_flag=True)
+def eval_contours(checkpoints, reference, output, n_images, n_reference, n_diversity, psi_seeds, first_seed, k,
+                  noise_mode, device, quiet):
+    """Contour generator vs its corpus: layout diversity (pairwise IoU, near-duplicates), precision and
+    recall, FD-EffNetLite0 per tier with the corpus floor, KS of count and areas, density control over psi."""
+    from cellgen.gen.evaluate import evaluate_contours, load_reference, rank_checkpoints, selection_key, write_report
+    from cellgen.quality import load_backbone
+
+    say = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    say("corpus features")
+    ref = load_reference(reference, load_backbone(device=device), n=n_reference, n_diversity=n_diversity)
+    opts = dict(n=n_images, n_diversity=n_diversity, psi_seeds=psi_seeds, noise_mode=noise_mode,
+                first_seed=first_seed, k=k, progress=say)
+    paths = list(checkpoints) or [default_checkpoint("generator")]
+    out = Path(output)
+    if len(paths) == 1:
+        results = [(paths[0], evaluate_contours(load_generator(paths[0], device), ref, **opts))]
+    else:
+        results = rank_checkpoints(paths, ref, keep_masks=True, **opts)
+    for i, (path, result) in enumerate(results):
+        folder = out if len(results) == 1 else out / f"{i + 1:02d}-{Path(path).stem}"
+        write_report(result, folder)
+        g = result["goals"]
+        click.echo(f"{path}: {len(g['failed'])} goal(s) failed{': ' + ', '.join(g['failed']) if g['failed'] else ''}; "
+                   f"IoU ratio {g['diversity_ratio']['value']:.2f}, P {g['precision']['value']:.2f} "
+                   f"R {g['recall']['value']:.2f}, worst FD/floor {g['fd_floor_ratio_worst_tier']['value'] or float('nan'):.2f} "
+                   f"-> {folder}/report.md")
+    if len(results) > 1:
+        click.echo(f"best: {results[0][0]} (key {selection_key(results[0][1])})")
+
+
 @cli.group("gen", cls=OrderedGroup)
 def gen_group():
     """Contour generator analysis."""
@@ -90,7 +135,8 @@ def gen_group():
 @click.option("--pixel-size", type=click.FloatRange(min=0, min_open=True))
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False))
 @click.option("--device", default="cpu", show_default=True)
-def psi_sweep_cmd(checkpoint, seeds, psi, fit_seeds, alphas, measure, pixel_size, output, device):
+@NOISE_MODE
+def psi_sweep_cmd(checkpoint, seeds, psi, fit_seeds, alphas, measure, pixel_size, output, device, noise_mode):
     """Density vs psi per seed, its monotonic fraction, and the same for a fitted density direction."""
     from cellgen.density_control import (
         direction_sweep,
@@ -106,11 +152,11 @@ def psi_sweep_cmd(checkpoint, seeds, psi, fit_seeds, alphas, measure, pixel_size
     seeds, psis, alphas = parse_seeds(seeds), parse_floats(psi, "--psi"), parse_floats(alphas, "--alphas")
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    table = psi_sweep(gen, seeds, psis, pixel_size, measure)
-    direction = fit_density_direction(gen, parse_seeds(fit_seeds), pixel_size, measure=measure)
-    dtable = direction_sweep(gen, direction, seeds, alphas, pixel_size, measure=measure)
+    table = psi_sweep(gen, seeds, psis, pixel_size, measure, noise_mode=noise_mode)
+    direction = fit_density_direction(gen, parse_seeds(fit_seeds), pixel_size, measure=measure, noise_mode=noise_mode)
+    dtable = direction_sweep(gen, direction, seeds, alphas, pixel_size, measure=measure, noise_mode=noise_mode)
     result = {
-        "generator_sha256": gen.sha256, "measure": measure, "seeds": seeds, "psi": psis, "psi_table": table.tolist(),
+        "generator_sha256": gen.sha256, "noise_mode": noise_mode, "measure": measure, "seeds": seeds, "psi": psis, "psi_table": table.tolist(),
         "psi_monotonic_fraction": monotonic_fraction(table), "direction_alphas": alphas,
         "direction_table": dtable.tolist(), "direction_monotonic_fraction": monotonic_fraction(dtable),
         "direction_fit_r2": direction.r2, "direction_fit_seeds": direction.n_fit,

@@ -13,6 +13,10 @@ WORKERS = click.option("--workers", default=1, show_default=True, type=click.Int
                        help="Local worker processes; the work is sharded by image index, same bytes as 1.")
 SCHEDULER = click.option("--scheduler", metavar="ADDRESS",
                          help="Dask distributed scheduler (tcp://host:8786) to shard the work over.")
+NOISE_MODE = click.option("--noise-mode", default="random", show_default=True,
+                          type=click.Choice(["random", "const", "none"]),
+                          help="Generator noise: 'random' draws each image's noise from its seed; 'const' shares "
+                               "one field (the official protocol: near-identical layouts across seeds).")
 
 
 def parse_count(text: str):

@@ -249,4 +249,4 @@ def _build_sampled(recipe: dict, path: Path, common: dict) -> None:
     pairs = [(s, float(p)) for s in range(int(first), int(last) + 1) for p in recipe["psi"]]
     generated_set(path, gen, pairs, renderer=rend, pixel_size_um=float(recipe["pixel_size_um"]),
                   size=int(recipe["size"]), batch_size=int(recipe.get("batch_size", 8)),
-                  variants=recipe["variants"], **common)
+                  variants=recipe["variants"], noise_mode=recipe.get("noise_mode", "const"), **common)

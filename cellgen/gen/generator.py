@@ -5,13 +5,23 @@
 >>> masks = cellgen.masks.instances_from_label_map(scores[0])
 
 A seed means the same latent as in the official ``generate.py``
-(``np.random.RandomState(seed).randn(1, z_dim)``). With ``noise_mode='const'`` (the
-default) the output depends only on checkpoint, seed, psi and cutoff: same inputs, identical
+(``np.random.RandomState(seed).randn(1, z_dim)``). In every noise mode the output depends
+only on checkpoint, seed, psi, cutoff and noise mode: same inputs, identical
 arrays, and with ``batch_size=1`` (the default) an image never depends on the other seeds
-generated with it. ``noise_mode='random'`` draws the noise from a generator
-seeded with each image's seed, so it is reproducible too.
+generated with it.
 
-Public API: :class:`ContourGenerator`, :data:`KIND`, :func:`resolve_device`.
+**Noise.** StyleGAN2 adds a per-pixel noise field at every synthesis layer, and a trained
+generator keeps much of the *layout* in it. ``noise_mode='random'`` (the default) gives
+every image its own noise, drawn from its seed: numpy ``PCG64(SeedSequence([seed, 1]))``,
+one ``standard_normal((r, r))`` float64 field per noise layer in synthesis order (see
+:func:`noise_fields`); deterministic, portable (numpy's generator is the same on every
+CPU) and independent of the batch. ``'const'`` uses the network's one stored noise field
+for every image, as the official ``generate.py`` does: then every seed shares that field
+and the layouts come out nearly the same (issue 14), and psi = 0 gives one image for all
+seeds. ``'none'`` adds no noise.
+
+Public API: :class:`ContourGenerator`, :data:`KIND`, :data:`NOISE_MODES`, :data:`DEFAULT_NOISE_MODE`,
+:func:`noise_fields`, :func:`resolve_device`.
 """
 
 from __future__ import annotations
@@ -29,6 +39,22 @@ from cellgen.gen.networks import Generator, preset_config, truncate, z_from_seed
 
 KIND = "contour-generator"
 ENV_DEFAULT = "CELLGEN_CONTOUR_GENERATOR"
+NOISE_MODES = ("random", "const", "none")
+DEFAULT_NOISE_MODE = "random"
+_NOISE_STREAM = 1  # SeedSequence([seed, 1]): the noise stream of a seed, apart from its z
+
+
+def noise_fields(seed: int, resolutions) -> list[np.ndarray]:
+    """The per-layer noise of the image with this seed: one (r, r) float64 standard-normal
+    field per entry of ``resolutions`` (the noise layers' sizes, in synthesis order)."""
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), _NOISE_STREAM])))
+    return [rng.standard_normal((int(r), int(r))) for r in resolutions]
+
+
+def check_noise_mode(noise_mode: str) -> str:
+    if noise_mode not in NOISE_MODES:
+        raise CellgenError(f"noise mode must be one of {', '.join(NOISE_MODES)}, got {noise_mode!r}")
+    return noise_mode
 
 
 def _seeds(seeds) -> list[int]:
@@ -141,7 +167,24 @@ class ContourGenerator:
                        None if cutoff is None else int(cutoff))
         return out.numpy()
 
-    def label_maps_from_w(self, w, noise_mode: str = "const", batch_size: int = 1, seeds=None,
+    def _noise_layers(self) -> list:
+        return [m for m in self.G.synthesis.modules() if getattr(m, "use_noise", False)]
+
+    def _synthesis_seeded(self, w1: torch.Tensor, seed: int) -> torch.Tensor:
+        """One image with the noise of its seed: the layers' stored fields are swapped for the
+        seed's own for this call (the network computes exactly as in ``'const'`` mode)."""
+        layers = self._noise_layers()
+        saved = [m.noise_const for m in layers]
+        fields = noise_fields(seed, [m.resolution for m in layers])
+        try:
+            for m, f, old in zip(layers, fields, saved):
+                m.noise_const = torch.from_numpy(f).to(device=old.device, dtype=old.dtype)
+            return self.G.synthesis(w1, noise_mode="const")
+        finally:
+            for m, old in zip(layers, saved):
+                m.noise_const = old
+
+    def label_maps_from_w(self, w, noise_mode: str = DEFAULT_NOISE_MODE, batch_size: int = 1, seeds=None,
                           output_size: int | None = None) -> np.ndarray:
         """(N, 4, R, R) float32 raw class scores for given w (N, num_ws, w_dim).
 
@@ -153,25 +196,26 @@ class ContourGenerator:
         ``batch_size`` > 1 is faster, but CPU kernels round differently for different batch
         shapes, so only ``batch_size=1`` (the default) makes every image bit-identical
         whatever else is generated with it; equal batch sizes always give equal arrays.
-        ``seeds`` (default 0..N-1) seed the noise when ``noise_mode='random'``.
+        ``seeds`` (one per w) seed the noise when ``noise_mode='random'`` and are required
+        then: an image's noise must come from its own seed, not from its place in a batch.
         """
         w = np.asarray(w, dtype=np.float32)
         self._check_w(w)
-        if noise_mode not in ("const", "random", "none"):
-            raise CellgenError(f"noise_mode must be const, random or none, got {noise_mode!r}")
-        seeds = list(range(len(w))) if seeds is None else _seeds(seeds)
+        check_noise_mode(noise_mode)
+        if noise_mode == "random":
+            if seeds is None:
+                raise CellgenError("noise mode 'random' draws each image's noise from its seed: pass seeds "
+                                   "(one per w), or use noise mode 'const'")
+            seeds = _seeds(seeds)
+            if len(seeds) != len(w):
+                raise CellgenError(f"{len(seeds)} seeds for {len(w)} w: give one seed per image")
         out = []
         with torch.inference_mode():
             for i in range(0, len(w), batch_size):
                 wt = torch.from_numpy(w[i:i + batch_size]).to(self.device)
                 if noise_mode == "random":
-                    # per-image seeded noise: each image is independent of batch composition
-                    imgs = []
-                    for j in range(len(wt)):
-                        with torch.random.fork_rng(devices=[] if self.device.type == "cpu" else [self.device]):
-                            torch.manual_seed(seeds[i + j])
-                            imgs.append(self.G.synthesis(wt[j:j + 1], noise_mode="random"))
-                    img = torch.cat(imgs)
+                    # image by image: each one's noise is its seed's, whatever the batch holds
+                    img = torch.cat([self._synthesis_seeded(wt[j:j + 1], seeds[i + j]) for j in range(len(wt))])
                 else:
                     img = self.G.synthesis(wt, noise_mode=noise_mode)
                 img = img.float()
@@ -181,7 +225,7 @@ class ContourGenerator:
                 out.append(img.cpu().numpy())
         return np.concatenate(out, axis=0)
 
-    def label_maps(self, seeds, psi: float = 1.0, cutoff: int | None = None, noise_mode: str = "const",
+    def label_maps(self, seeds, psi: float = 1.0, cutoff: int | None = None, noise_mode: str = DEFAULT_NOISE_MODE,
                    batch_size: int = 1, output_size: int | None = None) -> np.ndarray:
         """(N, 4, R, R) float32 raw class scores for seeds at truncation ``psi``."""
         seeds = _seeds(seeds)

@@ -225,6 +225,8 @@ def train_contours(
     config_overrides: dict | None = None,
     dihedral: bool = True,
     max_minutes: float | None = None,
+    init=None,
+    d_warmup_kimg: float = 0.0,
 ) -> Path:
     """Train (or resume) and return the path of ``out_dir/generator.pt``.
 
@@ -236,6 +238,10 @@ def train_contours(
     distribution G must learn (unlike ``augment``, which D sees on fakes too).
     ``max_minutes`` stops after the first tick past that wall time (snapshot written);
     rerunning the same call resumes.
+    ``init`` (a ``contour-generator`` checkpoint of the same preset) starts G and G_ema from
+    its weights and ``w_avg`` (continued training; D starts fresh, so ``d_warmup_kimg``
+    trains D alone first, G frozen, lest a random D's gradients undo what G learned; the EMA
+    then starts without ramp-up, from the loaded weights).
     """
     t_start = time.time()
     dev = resolve_device(device)
@@ -269,6 +275,9 @@ def train_contours(
         tick_steps = max(1, min(total, round(1000 / batch)))  # about one kimg per tick
     run = {"preset": preset, "batch": batch, "seed": int(seed), "augment": str(augment), "data": str(data),
            "dihedral": bool(dihedral)}
+    warmup_steps = max(0, math.ceil(float(d_warmup_kimg) * 1000 / batch))
+    if init is not None:
+        run.update(init=str(init), d_warmup_steps=warmup_steps)
     cfg["training"] = tr
 
     out_dir = Path(out_dir)
@@ -280,6 +289,12 @@ def train_contours(
     torch.manual_seed(int(seed))
     G, D = Generator(cfg), Discriminator(cfg)
     G_ema = Generator(cfg).eval().requires_grad_(False)
+    if init is not None:
+        start = load_checkpoint(init, GENERATOR_KIND)
+        if {k: v for k, v in start["config"].items() if k != "training"} != \
+                {k: v for k, v in cfg.items() if k != "training"}:
+            raise CellgenError(f"{init} is not a '{preset}' generator (its network config differs)")
+        load_into(G, start["state_dict"], source=str(init))
     G_ema.load_state_dict(G.state_dict())
     nets = _Nets(G, D, G_ema).to(dev)
     opt_G = _lazy_adam(G.parameters(), tr["lr"], pl_interval if tr["pl_weight"] > 0 else 0)
@@ -377,19 +392,21 @@ def train_contours(
     G.train()
     D.train()
     while step < total:
+        d_only = step < warmup_steps
         # -- Gmain: non-saturating logistic loss
         D.requires_grad_(False)
         G.requires_grad_(True)
         opt_G.zero_grad(set_to_none=True)
-        with autocast():
-            fake, _ = run_G(torch.randn(batch, zdim, device=dev))
+        with autocast(), torch.set_grad_enabled(not d_only):
+            fake, _ = run_G(torch.randn(batch, zdim, device=dev), update=not d_only)
             loss_G = F.softplus(-run_D(fake, fake=True)).mean()
-        loss_G.backward()
-        opt_G.step()
+        if not d_only:
+            loss_G.backward()
+            opt_G.step()
         sums["loss_G"] += float(loss_G.detach())
         counts["loss_G"] += 1
         # -- Greg: path-length regularisation (lazy)
-        if tr["pl_weight"] > 0 and step % pl_interval == 0:
+        if tr["pl_weight"] > 0 and step % pl_interval == 0 and not d_only:
             opt_G.zero_grad(set_to_none=True)
             n = max(batch // 2, 1)
             img, ws = run_G(torch.randn(n, zdim, device=dev))
@@ -409,7 +426,7 @@ def train_contours(
         real = real_batch()
         with autocast():
             with torch.no_grad():
-                fake, _ = run_G(torch.randn(batch, zdim, device=dev))
+                fake, _ = run_G(torch.randn(batch, zdim, device=dev), update=not d_only)
             fake_logits = run_D(fake, fake=True)
             real_logits = run_D(real)
             loss_D = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
@@ -432,11 +449,11 @@ def train_contours(
             counts["r1"] += 1
         # -- EMA of G (half-life ema_kimg, optional ramp-up)
         ema_nimg = float(tr["ema_kimg"]) * 1000
-        if tr.get("ema_rampup"):
+        if tr.get("ema_rampup") and init is None:
             ema_nimg = min(ema_nimg, step * batch * float(tr["ema_rampup"]))  # images shown before this step
         step += 1
         nimg = step * batch
-        beta = 0.5 ** (batch / max(ema_nimg, 1e-8))
+        beta = 1.0 if d_only else 0.5 ** (batch / max(ema_nimg, 1e-8))
         with torch.no_grad():
             for p_ema, p in zip(G_ema.parameters(), G.parameters()):
                 p_ema.copy_(p.detach().lerp(p_ema, beta))

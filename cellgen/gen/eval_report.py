@@ -1,0 +1,123 @@
+"""Figures and markdown of a contour-generator evaluation (:mod:`cellgen.gen.evaluate`).
+
+Public API: :func:`diversity_figure`, :func:`near_duplicates_figure`, :func:`markdown`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def diversity_figure(result: dict, path) -> None:
+    """Histograms of the pairwise foreground IoU, generated beside the corpus."""
+    plt = _plt()
+    d = result["diversity"]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=120)
+    bins = np.linspace(0, 1, 41)
+    for key, colour, label in (("histogram_corpus", "0.45", "corpus"), ("histogram_generated", "tab:red", "generated")):
+        stats = d["corpus" if key == "histogram_corpus" else "generated"]
+        ax.hist(d[key], bins=bins, density=True, histtype="stepfilled" if key == "histogram_corpus" else "step",
+                color=colour, alpha=0.5 if key == "histogram_corpus" else 1.0, linewidth=1.8,
+                label=f"{label}: mean {stats['mean']:.3f}, >0.6: {100 * stats['fraction_above']:.1f}%")
+    ax.axvline(0.6, color="k", linestyle=":", linewidth=1)
+    ax.set_xlabel("foreground IoU between two maps")
+    ax.set_ylabel("density of pairs")
+    ratio = d["ratio"]
+    ax.set_title(f"layout diversity ({d['generated']['n_images']} maps each; ratio "
+                 f"{'-' if ratio is None else f'{ratio:.2f}'}, noise {result['protocol']['noise_mode']})", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def near_duplicates_figure(result: dict, masks, path) -> None:
+    """The closest generated pairs side by side (semantic maps with cell outlines)."""
+    from cellgen.preview import outlined, semantic_rgb
+
+    plt = _plt()
+    semantic, cell, nucleus = masks
+    pairs = result["diversity"]["closest_generated"]
+    seed0 = result["protocol"]["seeds"][0]
+    rows = max(1, len(pairs))
+    fig, axes = plt.subplots(rows, 2, figsize=(4.2, 2.1 * rows), dpi=110, squeeze=False)
+    for r, (i, j, iou) in enumerate(pairs):
+        for c, k in enumerate((i, j)):
+            ax = axes[r, c]
+            ax.imshow(outlined(semantic_rgb(semantic[k]), cell[k], nucleus[k]), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"seed {seed0 + k}" + (f"  IoU {iou:.2f}" if c == 1 else ""), fontsize=8)
+    fig.suptitle(f"closest generated pairs (noise {result['protocol']['noise_mode']})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _f(v, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, (list, tuple)):
+        return "-".join(_f(x, digits) for x in v)
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        return str(int(v))
+    return f"{float(v):.{digits}f}"
+
+
+def markdown(result: dict) -> str:
+    """The report as markdown: goals, diversity, P/R and FD per tier, KS, density control."""
+    p, d, f, ks, c, g = (result[k] for k in ("protocol", "diversity", "fidelity", "ks", "density_control", "goals"))
+    lines = ["# Contour generator evaluation", "",
+             f"Generator `{result['generator']['path']}` (sha256 `{result['generator']['sha256'][:12]}`), "
+             f"reference `{result['reference']['path']}` ({result['reference']['n']} maps, "
+             f"{result['reference']['size']} px at {result['reference']['pixel_size_um']} um/px). "
+             f"Generated: seeds {p['seeds'][0]}-{p['seeds'][1]} at psi 1, noise mode `{p['noise_mode']}`; "
+             f"features: {p['features']}.", "",
+             "## Goals (issue 14)", "", "| goal | value | met |", "|---|---|---|"]
+    for name, e in g.items():
+        if isinstance(e, dict):
+            lines.append(f"| {name} | {_f(e['value'])} | {'yes' if e['met'] else '**no**'} |")
+    gs, cs = d["generated"], d["corpus"]
+    lines += ["", "## Diversity: pairwise foreground IoU (`diversity.png`)", "",
+              "| maps | n | mean | median | p90 | max | pairs > 0.6 |", "|---|---|---|---|---|---|---|",
+              f"| generated | {gs['n_images']} | {_f(gs['mean'])} | {_f(gs['median'])} | {_f(gs['p90'])} | "
+              f"{_f(gs['max'])} | {100 * gs['fraction_above']:.1f}% |",
+              f"| corpus | {cs['n_images']} | {_f(cs['mean'])} | {_f(cs['median'])} | {_f(cs['p90'])} | "
+              f"{_f(cs['max'])} | {100 * cs['fraction_above']:.1f}% |", "",
+              f"Ratio of the means: {_f(d['ratio'], 2)}. Closest generated pairs (`near_duplicates.png`): " +
+              ", ".join(f"seeds {p['seeds'][0] + i} & {p['seeds'][0] + j} ({v:.2f})" for i, j, v in d["closest_generated"]) + ".",
+              "", "## Precision, recall and FD-EffNetLite0 (masks)", "",
+              f"Precision {_f(f['precision_recall']['precision'])}, recall {_f(f['precision_recall']['recall'])} "
+              f"(Kynkäänniemi et al. 2019, k = {f['precision_recall']['k']}, {f['precision_recall']['n_generated']} "
+              f"generated vs {f['precision_recall']['n_real']} corpus maps).", "",
+              "| tier | n generated | n corpus | FD | corpus split-half | ratio |", "|---|---|---|---|---|---|"]
+    for t, e in f["fd"].items():
+        lines.append(f"| {t} | {e['n_generated']} | {e['n_reference']} | {_f(e['fd'], 1)} | {_f(e['split_half'], 1)} "
+                     f"| {_f(e['ratio'], 2)} |")
+    lines += ["", "## KS statistics (generated vs corpus)", "", "| | corpus | generated | KS |", "|---|---|---|---|",
+              f"| cells per image (mean) | {_f(ks['count']['corpus_mean'], 1)} | {_f(ks['count']['generated_mean'], 1)} "
+              f"| {_f(ks['count']['ks'])} |",
+              f"| cell area, um^2 (median) | {_f(ks['cell_area_um2']['corpus_median'], 0)} | "
+              f"{_f(ks['cell_area_um2']['generated_median'], 0)} | {_f(ks['cell_area_um2']['ks'])} |",
+              f"| nucleus area, um^2 (median) | {_f(ks['nucleus_area_um2']['corpus_median'], 0)} | "
+              f"{_f(ks['nucleus_area_um2']['generated_median'], 0)} | {_f(ks['nucleus_area_um2']['ks'])} |",
+              "", f"## Density control ({c['seeds']} seeds)", ""]
+    if c["count_mean_by_psi"] is not None:
+        counts = np.asarray(c["counts"])
+        lines += ["| psi | counts | mean |", "|---|---|---|"]
+        for j, psi in enumerate(c["psis"]):
+            lines.append(f"| {psi:g} | {counts[:, j].min()}-{counts[:, j].max()} | {counts[:, j].mean():.1f} |")
+        lines += ["", f"Counts span {_f(c['count_span'])}; psi monotonic for "
+                      f"{100 * c['psi_monotonic_fraction']:.0f}% of seeds; the psi = 0 column holds "
+                      f"{c['distinct_counts_at_psi0']} distinct counts."]
+    lines += ["", f"Evaluation time: {result['seconds']:.0f} s.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,138 @@
+"""Issue 14: per-seed generator noise, recorded in sets; `cellgen eval contours`; diversity, P/R."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cellgen.cli import cli
+from cellgen.errors import CellgenError
+from cellgen.gen.diversity import (
+    closest_pairs,
+    foreground,
+    iou_summary,
+    knn_radii,
+    pairwise_iou,
+    precision_recall,
+)
+from cellgen.gen.generator import ContourGenerator, noise_fields
+from cellgen.gen.networks import z_from_seed
+
+
+@pytest.fixture(scope="module")
+def gen(models):
+    return ContourGenerator.load(models["gen"])
+
+
+def test_noise_is_the_seeds_own_deterministic_and_batch_independent(gen):
+    a = gen.label_maps([5, 6, 7], psi=0.7)
+    np.testing.assert_array_equal(a, gen.label_maps([5, 6, 7], psi=0.7))
+    np.testing.assert_array_equal(a[1], gen.label_maps([6], psi=0.7)[0])  # not its place in the batch
+    np.testing.assert_array_equal(a[::-1], gen.label_maps([7, 6, 5], psi=0.7))
+    f5, f5b, f6 = noise_fields(5, [4, 8]), noise_fields(5, [4, 8]), noise_fields(6, [4, 8])
+    assert [f.shape for f in f5] == [(4, 4), (8, 8)]
+    assert all(np.array_equal(x, y) for x, y in zip(f5, f5b))
+    assert not np.array_equal(f5[1], f6[1])
+    with pytest.raises(CellgenError, match="pass seeds"):
+        gen.label_maps_from_w(gen.w_from_seeds([1, 2]))  # random noise needs each image's seed
+    with pytest.raises(CellgenError, match="noise mode"):
+        gen.label_maps([1], noise_mode="fixed")
+
+
+def test_psi0_column_holds_no_copies_with_random_noise(gen):
+    # psi = 0 maps every seed to w_avg: only the noise can tell the seeds apart
+    r = gen.label_maps([0, 1, 2], psi=0.0)
+    assert not np.array_equal(r[0], r[1]) and not np.array_equal(r[1], r[2])
+    c = gen.label_maps([0, 1, 2], psi=0.0, noise_mode="const")
+    np.testing.assert_array_equal(c[0], c[1])  # the official protocol: one image for all seeds
+    np.testing.assert_array_equal(c[1], c[2])
+
+
+def test_const_noise_is_the_official_protocol(gen):
+    # official generate.py: z = RandomState(seed).randn(1, z_dim), G(z, psi, noise_mode='const')
+    for seed in (3, 11):
+        z = torch.from_numpy(z_from_seed(seed, gen.z_dim)).to(next(gen.G.parameters()).dtype)
+        with torch.inference_mode():
+            ref = gen.G(z, truncation_psi=0.6, noise_mode="const").float().numpy()
+        np.testing.assert_allclose(gen.label_maps([seed], psi=0.6, noise_mode="const"), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_sample_records_noise_mode(models, tmp_path):
+    runner = CliRunner()
+    common = ["sample", "--checkpoint", str(models["gen"]), "--renderer", "none", "--seeds", "0-2", "--psi", "0", "-q"]
+    r = runner.invoke(cli, [*common, "-o", str(tmp_path / "r.h5")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(cli, [*common, "--noise-mode", "const", "-o", str(tmp_path / "c.h5")])
+    assert r.exit_code == 0, r.output
+    with h5py.File(tmp_path / "r.h5") as f:
+        assert f.attrs["noise_mode"] == "random" and json.loads(f.attrs["recipe"])["noise_mode"] == "random"
+    with h5py.File(tmp_path / "c.h5") as f:
+        assert f.attrs["noise_mode"] == "const" and json.loads(f.attrs["recipe"])["noise_mode"] == "const"
+    r = runner.invoke(cli, [*common, "--noise-mode", "fixed", "-o", str(tmp_path / "x.h5")])
+    assert r.exit_code != 0 and "fixed" in r.output
+
+
+def test_pairwise_iou_and_summary_known_answers():
+    left = np.zeros((4, 4), int)
+    left[:, :2] = 1
+    top = np.zeros((4, 4), int)
+    top[:2, :] = 2  # instance ids do not matter: foreground is cell > 0
+    iou = pairwise_iou(foreground(np.stack([left, top, left])))
+    np.testing.assert_allclose(iou, [[1, 1 / 3, 1], [1 / 3, 1, 1 / 3], [1, 1 / 3, 1]])
+    s = iou_summary(iou, threshold=0.6)
+    assert s["n_pairs"] == 3 and s["max"] == 1.0 and s["fraction_above"] == pytest.approx(1 / 3)
+    assert s["mean"] == pytest.approx((1 / 3 + 1 + 1 / 3) / 3)
+    assert closest_pairs(iou, 1) == [(0, 2, 1.0)]
+    assert pairwise_iou(foreground(np.zeros((2, 3, 3), int)))[0, 1] == 1.0  # two empty maps are identical
+
+
+def test_precision_recall_known_answers():
+    real = np.arange(10, dtype=float)[:, None] * np.array([[1.0, 0.0]])  # points 0..9 on a line
+    np.testing.assert_allclose(knn_radii(real, k=1), np.ones(10))
+    np.testing.assert_allclose(knn_radii(real, k=3)[[0, 5]], [3, 2])
+    same = precision_recall(real, real.copy(), k=3)
+    assert same["precision"] == 1.0 and same["recall"] == 1.0
+    far = precision_recall(real, real + 100.0, k=3)
+    assert far["precision"] == 0.0 and far["recall"] == 0.0
+    # half the generated points on reals 0..4, half far away: precision 0.5; the generated balls
+    # (radius 1 with k = 1) reach reals 0..5: recall 0.6
+    gen = np.concatenate([real[:5], real[:5] + 100.0])
+    pr = precision_recall(real, gen, k=1)
+    assert pr["precision"] == 0.5 and pr["recall"] == pytest.approx(0.6)
+    with pytest.raises(CellgenError):
+        knn_radii(real[:3], k=3)
+
+
+def test_eval_contours_end_to_end(models, tmp_path):
+    out = tmp_path / "ev"
+    r = CliRunner().invoke(cli, ["eval", "contours", "--checkpoint", str(models["gen"]), "--reference",
+                                 str(models["data"]), "-o", str(out), "--n", "8", "--n-reference", "8",
+                                 "--n-diversity", "6", "--psi-seeds", "3", "-q"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["protocol"]["noise_mode"] == "random"
+    assert rep["diversity"]["generated"]["n_pairs"] == 15 and rep["diversity"]["corpus"]["n_pairs"] == 15
+    pr = rep["fidelity"]["precision_recall"]
+    assert 0 <= pr["precision"] <= 1 and 0 <= pr["recall"] <= 1 and pr["k"] == 3
+    assert rep["fidelity"]["fd"]["all"]["fd"] >= 0
+    assert np.asarray(rep["density_control"]["counts"]).shape == (3, 5)
+    assert set(rep["goals"]) >= {"diversity_ratio", "precision", "recall", "ks_count", "psi_monotonic", "all_met"}
+    for name in ("report.md", "diversity.png", "near_duplicates.png"):
+        assert (out / name).stat().st_size > 0
+    assert "| precision |" in (out / "report.md").read_text()
+
+
+def test_continued_training_warms_up_d_without_touching_g(models, tmp_path):
+    from cellgen.checkpoint import load_checkpoint
+    from cellgen.gen.train import train_contours
+
+    path = train_contours(models["data"], tmp_path / "ft", preset="tiny", steps=2, init=models["gen"],
+                          d_warmup_kimg=0.008, progress=False)  # 2 steps of batch 4: D only
+    start = load_checkpoint(models["gen"], "contour-generator")["state_dict"]
+    after = load_checkpoint(path, "contour-generator")["state_dict"]
+    assert all(torch.equal(start[k], after[k]) for k in start)
+    with pytest.raises(CellgenError, match="not a 'small128' generator"):
+        train_contours(models["data"], tmp_path / "bad", preset="small128", steps=1, init=models["gen"], progress=False)
