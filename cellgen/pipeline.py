@@ -47,7 +47,8 @@ def make_sample(item: SourceItem, pixel_size_um: float, tiers: density.TierSchem
     noisy = {}
     for name, params in variants.items():
         # noise is applied to the stored uint16 image, so a set can be re-noised from its file
-        noisy[name] = noise.apply_noise(image, params, noise.variant_seed(item.seed, name))
+        noisy[name] = noise.apply_noise(image, params, noise.variant_seed(item.seed, name),
+                                        pixel_size_um=pixel_size_um, cell=item.masks.cell)
     return Sample(item.masks, image, noisy, meta)
 
 
@@ -70,6 +71,7 @@ def write_set(
     extra_attrs: dict | None = None,
     part: tuple[int, int] | None = None,
     merge_parts: list | None = None,
+    snr_tiers=None,
 ):
     """Stream ``n`` items from ``source`` into a benchmark set at ``path``; resumable.
 
@@ -78,10 +80,19 @@ def write_set(
     ``merge_parts`` (part paths in index order, covering ``0..n``) copies their samples into
     the set at ``path`` instead of calling ``source``. Both go through the same writer with the
     same attributes, so the merged file has the bytes of a single-process run.
+
+    ``variants`` are names (see :mod:`cellgen.noise.variants`) or a dict name -> parameters;
+    ``snr_tiers`` (a :class:`cellgen.noise.SNRTierScheme`) is recorded when given, and by
+    default whenever a variant is not one of the classic presets.
     """
-    params = {name: noise.get_preset(name) for name in variants if name != "clean"}
+    # names, or name -> parameters (camera variants with custom optics)
+    params = dict(variants) if isinstance(variants, dict) else noise.resolve_all(variants)
     params = {k: v for k, v in params.items() if v is not None}
     recipe = dict(recipe, variants=list(params), tiers=tiers.to_json(), pixel_size_um=pixel_size_um)
+    snr_scheme = noise.snr_scheme_for(params, snr_tiers)
+    if snr_scheme is not None:  # sets of classic presets only keep their recipe and bytes
+        recipe.update(variant_params={k: v.to_json() for k, v in params.items()}, snr_tiers=snr_scheme.to_json())
+        extra_attrs = dict(extra_attrs or {}, snr_tier_scheme=snr_scheme.to_json())
     writer_args = (image_size, pixel_size_um, tiers, params, with_images, command, generator_sha256,
                    renderer_sha256, extra_attrs)
     if merge_parts is not None:

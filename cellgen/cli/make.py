@@ -15,6 +15,7 @@ from cellgen.cli.options import (
     parse_list,
     parse_seeds,
 )
+from cellgen.cli.noise_axis import noise_axis_options
 
 
 @cli.command()
@@ -28,13 +29,15 @@ from cellgen.cli.options import (
 @click.option("--cell-radius", default=9.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Mean cell radius in um.")
 @click.option("--touching", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="0 keeps cells apart, 1 packs them.")
 @click.option("--clustering", default=0.3, show_default=True, type=click.FloatRange(0, 1), help="Fraction of cells placed next to another.")
-@click.option("--variants", default="clean,gaussian,poisson", show_default=True, help="Image variants: clean and noise presets.")
+@click.option("--variants", default="clean,gaussian,poisson", show_default=True,
+              help="Image variants: clean, noise presets, cameras (ccd-icx285, ...; NAME@PHOTONS), cellpose3.")
+@noise_axis_options
 @click.option("--tier-measure", default="cells_per_mm2", show_default=True, help="Density measure that defines tiers.")
 @click.option("--tier-thresholds", default="700,1600", show_default=True, help="Tier boundaries on that measure.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def simulate(output, n_images, count, density, size, seed, pixel_size, cell_radius, touching, clustering,
-             variants, tier_measure, tier_thresholds, overwrite, quiet):
+             noise_args, tier_measure, tier_thresholds, overwrite, quiet):
     """Write a benchmark set from the procedural cell simulator (no weights needed)."""
     from cellgen.density import TierScheme
     from cellgen.pipeline import simulate_set
@@ -47,7 +50,7 @@ def simulate(output, n_images, count, density, size, seed, pixel_size, cell_radi
     )
     tiers = TierScheme.parse(tier_measure, tier_thresholds)
     path = simulate_set(
-        output, config, n_images, seed, variants=parse_list(variants), tiers=tiers,
+        output, config, n_images, seed, **noise_args, tiers=tiers,
         command=command_line(), overwrite=overwrite, progress=not quiet,
     )
     print_summary(path)
@@ -62,7 +65,9 @@ def simulate(output, n_images, count, density, size, seed, pixel_size, cell_radi
 @click.option("--tier", "target_tier", help="Targeted: draw (seed, psi) until --n masks fall in this density tier.")
 @click.option("--count", "target_count", help="Targeted: draw until --n masks have LOW:HIGH cells.")
 @click.option("--n", "n_target", type=click.IntRange(1), help="Images to collect with --tier/--count.")
-@click.option("--variants", default="clean,gaussian,poisson", show_default=True, help="Image variants (with a renderer).")
+@click.option("--variants", default="clean,gaussian,poisson", show_default=True,
+              help="Image variants (with a renderer): as for simulate.")
+@noise_axis_options
 @click.option("--pixel-size", type=click.FloatRange(min=0, min_open=True), help="um/px [default: the generator's training data].")
 @click.option("--size", type=click.IntRange(8), help="Image side in px; label maps are resampled to it "
               "[default: the renderer's training scale, else the generator's resolution].")
@@ -74,7 +79,7 @@ def simulate(output, n_images, count, density, size, seed, pixel_size, cell_radi
 @SCHEDULER
 @click.option("--overwrite", is_flag=True)
 @click.option("-q", "--quiet", is_flag=True)
-def sample(output, checkpoint, renderer, psi, seeds, target_tier, target_count, n_target, variants, pixel_size,
+def sample(output, checkpoint, renderer, psi, seeds, target_tier, target_count, n_target, noise_args, pixel_size,
            size, tier_measure, tier_thresholds, batch_size, device, workers, scheduler, overwrite, quiet):
     """Generate a benchmark set: contours -> exact masks -> rendered images -> noise variants."""
     from cellgen.density import TierScheme
@@ -114,7 +119,7 @@ def sample(output, checkpoint, renderer, psi, seeds, target_tier, target_count, 
     else:
         pairs = [(s, p) for s in seed_list for p in psis]
     set_args = dict(pixel_size_um=pixel_size, batch_size=batch_size, size=size, recipe_extra=extra,
-                    variants=parse_list(variants), tiers=tiers, command=command_line(), overwrite=overwrite,
+                    **noise_args, tiers=tiers, command=command_line(), overwrite=overwrite,
                     progress=not quiet)
     if workers > 1 or scheduler:
         from cellgen.sample_shards import sample_sharded
@@ -132,18 +137,19 @@ def sample(output, checkpoint, renderer, psi, seeds, target_tier, target_count, 
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="Set whose masks to render.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="New set with images.")
 @click.option("--checkpoint", help="Renderer checkpoint [default: shipped].")
-@click.option("--variants", default="clean,gaussian,poisson", show_default=True)
+@click.option("--variants", default="clean,gaussian,poisson", show_default=True, help="Image variants: as for simulate.")
+@noise_axis_options
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--overwrite", is_flag=True)
 @click.option("-q", "--quiet", is_flag=True)
-def render(data, output, checkpoint, variants, batch_size, device, overwrite, quiet):
+def render(data, output, checkpoint, noise_args, batch_size, device, overwrite, quiet):
     """Render images for a set's masks into a new set, for example a masks-only set."""
     from cellgen.pipeline import rendered_set
     from cellgen.render.renderer import Renderer
 
     rend = Renderer.load(checkpoint or default_checkpoint("renderer"), device=device)
-    path = rendered_set(output, data, rend, batch_size=batch_size, variants=parse_list(variants),
+    path = rendered_set(output, data, rend, batch_size=batch_size, **noise_args,
                         command=command_line(), overwrite=overwrite, progress=not quiet)
     print_summary(path)
 
