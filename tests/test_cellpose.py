@@ -133,7 +133,7 @@ EPOCHS, BATCH, PATCH = 40, 2, 96
 def trained(tmp_path_factory):
     """A CellPose network trained from random weights, and the same network untrained."""
     pytest.importorskip("cellpose.models")
-    from cellgen.bench.methods.cellpose import train_cellpose
+    from tests.segmenter_training import train_cellpose
 
     cfg = SimulationConfig(size=256, count=12, pixel_size_um=PIXEL_SIZE)
     train = [simulate_image(seed, cfg) for seed in range(N_TRAIN)]
@@ -189,7 +189,7 @@ def test_diameter_in_um_is_converted(trained):
 
 def test_nucleus_model_by_path_runs(trained, tmp_path):
     """A nucleus network saved by train_cellpose loads as nuclei_model and sees the nucleus channel."""
-    from cellgen.bench.methods.cellpose import train_cellpose
+    from tests.segmenter_training import train_cellpose
 
     sims = trained["test"][:1]
     path = train_cellpose([s.image for s in sims], [s.nucleus for s in sims], tmp_path / "nuclei",

@@ -17,11 +17,13 @@ import numpy as np
 import pytest
 
 from cellgen.bench.methods import deepcell as dc
+from cellgen.bench.methods import deepcell_env as denv
 from cellgen.bench.methods.base import MethodUnavailable, Segmentation
 from cellgen.errors import CellgenError
+from tests.segmenter_training import make_random_mesmer_model
 
 try:
-    PY310 = dc.find_python310()
+    PY310 = denv.find_python310()
 except CellgenError:  # CELLGEN_PYTHON310 set to something that is not a Python 3.10
     PY310 = None
 
@@ -49,7 +51,7 @@ def blob_image(h: int, w: int, seed: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def side_env():
     t0 = time.perf_counter()
-    env = dc.ensure_deepcell_env(progress=False)
+    env = denv.ensure_deepcell_env(progress=False)
     print(f"deepcell env ready in {time.perf_counter() - t0:.1f} s: {env}")
     return env
 
@@ -58,7 +60,7 @@ def side_env():
 def random_model(side_env, tmp_path_factory):
     path = tmp_path_factory.mktemp("mesmer") / "random-mesmer"
     t0 = time.perf_counter()
-    dc.make_random_mesmer_model(path, seed=0)
+    make_random_mesmer_model(path, seed=0)
     print(f"random Mesmer model saved in {time.perf_counter() - t0:.1f} s")
     return path
 
@@ -76,10 +78,10 @@ def test_missing_python310_is_one_clear_line(monkeypatch, tmp_path):
     monkeypatch.setenv("CELLGEN_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("CELLGEN_PYTHON310", str(tmp_path / "no-such-python3.10"))
     with pytest.raises(MethodUnavailable) as info:
-        dc.ensure_deepcell_env()
+        denv.ensure_deepcell_env()
     msg = _single_line_error(info.value)
     assert "CELLGEN_PYTHON310" in msg and "Python 3.10" in msg
-    assert not (tmp_path / "home" / "envs" / dc.ENV_NAME).exists()
+    assert not (tmp_path / "home" / "envs" / denv.ENV_NAME).exists()
 
 
 def test_bad_option_values():
@@ -96,14 +98,14 @@ def test_bad_option_values():
 
 @needs_py310
 def test_pip_failure_is_one_line_and_leaves_no_env(tmp_path):
-    final = tmp_path / "envs" / dc.ENV_NAME
+    final = tmp_path / "envs" / denv.ENV_NAME
     # what an interrupted setup leaves: a temporary folder, never the env itself
     stale = final.parent / f".{final.name}.tmp-12345"
     (stale / "bin").mkdir(parents=True)
-    (stale / dc.MARKER_NAME).write_text("{}")
+    (stale / denv.MARKER_NAME).write_text("{}")
     # offline and with nothing to install from: pip fails fast, like a network failure would
     with pytest.raises(CellgenError) as info:
-        dc._build_env(final, PY310, ("deepcell==0.12.10",), progress=False, pip_args=("--no-index",))
+        denv._build_env(final, PY310, ("deepcell==0.12.10",), progress=False, pip_args=("--no-index",))
     msg = _single_line_error(info.value)
     assert "pip install exited" in msg and "ERROR:" in msg and "deepcell" in msg.lower()
     assert not final.exists()
@@ -112,19 +114,19 @@ def test_pip_failure_is_one_line_and_leaves_no_env(tmp_path):
 
 @needs_py310
 def test_env_is_ready_and_marked(side_env):
-    assert side_env == dc.deepcell_env_dir()
-    assert dc.env_python(side_env).exists()
-    marker = dc._read_marker(side_env)
-    assert marker["deepcell"] == dc.DEEPCELL_VERSION
+    assert side_env == denv.deepcell_env_dir()
+    assert denv.env_python(side_env).exists()
+    marker = denv._read_marker(side_env)
+    assert marker["deepcell"] == denv.DEEPCELL_VERSION
     assert marker["tensorflow"].startswith("2.8")
     assert marker["python"].startswith("3.10")
-    assert marker["lock"] == list(dc.DEEPCELL_LOCK)
-    assert dc.ensure_deepcell_env() == side_env  # second call: no rebuild
+    assert marker["lock"] == list(denv.DEEPCELL_LOCK)
+    assert denv.ensure_deepcell_env() == side_env  # second call: no rebuild
 
 
 @needs_py310
 def test_check_without_weights_names_what_is_missing(side_env, monkeypatch, tmp_path):
-    monkeypatch.setenv("CELLGEN_HOME", str(dc.cellgen_home()))  # keep the env while HOME moves
+    monkeypatch.setenv("CELLGEN_HOME", str(denv.cellgen_home()))  # keep the env while HOME moves
     monkeypatch.setenv("HOME", str(tmp_path))  # deepcell looks in ~/.deepcell
     monkeypatch.delenv("DEEPCELL_ACCESS_TOKEN", raising=False)
     m = dc.DeepCellMesmer()
@@ -167,7 +169,7 @@ def test_mesmer_through_worker(random_model):
         assert len(set(pids)) == 1, "worker was not reused"
         assert m.workers_started == 1 and m.worker.requests == 3
         info = m.describe()
-        assert info["method"] == "deepcell" and info["deepcell"] == dc.DEEPCELL_VERSION
+        assert info["method"] == "deepcell" and info["deepcell"] == denv.DEEPCELL_VERSION
         assert info["tensorflow"].startswith("2.8") and info["model"] == str(random_model)
 
         # an error inside the worker comes back as one line, and the worker keeps serving
@@ -235,6 +237,7 @@ def test_worker_start_timeout_kills_it(side_env, random_model):
         m.close()
 
 
+@needs_py310
 def test_bench_cli_runs_mesmer_through_the_side_env(random_model, tmp_path):
     """`cellgen bench --method deepcell --model PATH` end to end (random weights: no quality asserted)."""
     import json

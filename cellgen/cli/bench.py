@@ -59,7 +59,7 @@ def bench(ctx, method, data, output, model, nuclei_model, diameter, predictions,
 @click.argument("method", type=click.Choice(["deepcell"]))
 def bench_setup(method):
     """Create a method's side environment now (deepcell: Python 3.10 + deepcell 0.12.10, ~2 GB)."""
-    from cellgen.bench.methods.deepcell import ensure_deepcell_env
+    from cellgen.bench.methods.deepcell_env import ensure_deepcell_env
 
     click.echo(f"deepcell environment ready at {ensure_deepcell_env(progress=True)}")
 

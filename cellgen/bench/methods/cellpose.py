@@ -1,4 +1,4 @@
-"""CellPose 3 adapter, run as in the CellPose papers, and a from-scratch training helper.
+"""CellPose 3 adapter, run as in the CellPose papers.
 
 Cells come from a ``cyto`` family model fed the cytoplasm channel as "chan" and the nucleus
 channel as "chan2" (``channels=[1, 2]`` on a (H, W, 2) cytoplasm+nucleus array); nuclei from
@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -132,7 +130,7 @@ class CellPose(Method):
     Options:
 
     - ``model`` ("cyto3"): cell model, a built-in name (cyto3, cyto2, cyto, ...) or a PATH
-      to a model file (e.g. from :func:`train_cellpose`); None skips cells.
+      to a model file (e.g. one trained with ``cellpose.train``); None skips cells.
     - ``nuclei_model`` ("nuclei"): nucleus model, name or PATH; None skips nuclei.
     - ``diameter`` / ``diameter_um`` (None): cell diameter in pixels, or in micrometres
       converted with the image's pixel size. None or 0: automatic, i.e. the size model of
@@ -304,71 +302,3 @@ class CellPose(Method):
 
     def close(self) -> None:
         self._loaded.clear()
-
-
-def train_cellpose(
-    images,
-    cell_masks,
-    out_path: str | os.PathLike,
-    n_epochs: int = 100,
-    *,
-    compartment: str = "cell",
-    learning_rate: float = 0.005,
-    weight_decay: float = 1e-5,
-    batch_size: int = 8,
-    bsize: int = 224,
-    diam_mean: float = 30.0,
-    seed: int = 0,
-    gpu: bool = False,
-) -> Path:
-    """Train a CellPose 3 network from random weights and save it to ``out_path``.
-
-    ``images`` are cellgen (2, H, W) nucleus+cytoplasm arrays, ``cell_masks`` the matching
-    instance label maps (nucleus maps with ``compartment="nucleus"``, which trains on the
-    nucleus channel alone). Training is ``cellpose.train.train_seg`` with its own
-    augmentation and schedule; nothing is downloaded. The file loads with
-    ``CellPose(model=out_path)`` (or ``nuclei_model=out_path``). ``n_epochs=0`` saves the
-    untrained network. Seeded: the same inputs and seed give the same weights on one machine.
-    """
-    if compartment not in ("cell", "nucleus"):
-        raise CellgenError(f"train_cellpose: compartment must be 'cell' or 'nucleus', got {compartment!r}")
-    images, cell_masks = list(images), list(cell_masks)
-    if not images or len(images) != len(cell_masks):
-        raise CellgenError(f"train_cellpose: need matching, non-empty image and mask lists, got {len(images)} and {len(cell_masks)}")
-    cp_models = _import_cellpose()
-    import torch
-    from cellpose import train
-
-    data = [_cellpose_input(check_image(im)) for im in images]
-    labels = [np.asarray(m).astype(np.int32) for m in cell_masks]
-    for im, lab in zip(data, labels):
-        if lab.shape != im.shape[:2]:
-            raise CellgenError(f"train_cellpose: mask shape {lab.shape} does not match image shape {im.shape[:2]}")
-    channels = _CELL_CHANNELS if compartment == "cell" else _NUCLEUS_CHANNELS
-
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    # pretrained_model=False builds the bare network: random weights, no download; MKLDNN
-    # is off because its backward pass is slower than plain CPU kernels here
-    model = cp_models.CellposeModel(gpu=gpu, pretrained_model=False, diam_mean=diam_mean, nchan=2, mkldnn=False)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
-        saved, _, _ = train.train_seg(
-            model.net,
-            train_data=data,
-            train_labels=labels,
-            channels=channels,
-            channel_axis=-1,
-            normalize=True,
-            n_epochs=int(n_epochs),
-            learning_rate=learning_rate,
-            weight_decay=weight_decay,
-            batch_size=batch_size,
-            bsize=bsize,
-            min_train_masks=1,
-            save_path=tmp,
-            model_name="model",
-        )
-        shutil.move(os.fspath(saved), out_path)
-    return out_path
