@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from cellgen import quality
+from cellgen.quality import backbones as q_backbones
+from cellgen.quality import report as q_report
 from cellgen.errors import CellgenError
 from cellgen.pipeline import simulate_set
 from cellgen.simulate import SimulationConfig
@@ -130,9 +132,9 @@ def test_image_and_mask_rgb_conventions():
 
 def test_label_resampling_keeps_labels():
     x = np.arange(16, dtype=np.uint32).reshape(1, 4, 4)
-    up = quality._resize_labels(x, (8, 8))
+    up = q_report._resize_labels(x, (8, 8))
     assert set(np.unique(up)) == set(range(16)) and up[0, 0, 0] == 0 and up[0, 7, 7] == 15
-    assert np.array_equal(quality._resize_labels(up, (4, 4)), x)
+    assert np.array_equal(q_report._resize_labels(up, (4, 4)), x)
 
 
 # -- EfficientNet-Lite0: the packaged ImageNet weights -----------------------------------------
@@ -148,7 +150,7 @@ def test_effnet_weights_load_strictly(effnet):
     bad = dict(sd)
     del bad["_blocks.3._depthwise_conv.weight"]
     with pytest.raises(CellgenError, match="missing tensors.*_blocks.3._depthwise_conv.weight"):
-        quality._strict_load(quality.EfficientNetLite0(), bad, "test")
+        q_backbones._strict_load(quality.EfficientNetLite0(), bad, "test")
 
 
 def test_effnet_is_the_trained_imagenet_model(effnet):
