@@ -108,6 +108,14 @@ def test_linkage_follows_containment_not_ids():
     merged[cells == 2] = 11
     c = linkage.linkage_counts(cells, nuclei, merged, nuc_pred)
     assert c == {"n_nuclei": 4, "n_detected": 4, "n_linked": 3}
+    # a poorly segmented cell (IoU 0.4 with its true cell) still holds the right nucleus
+    shrunk = cell_pred.copy()
+    shrunk[(cells == 4) & ~((np.arange(80) >= 63) & (np.arange(80) < 67))[None, :]] = 0
+    assert linkage.linkage_counts(cells, nuclei, shrunk, nuc_pred)["n_linked"] == 4
+    # a nucleus outside every predicted cell is found but not linked
+    gone = cell_pred.copy()
+    gone[cells == 3] = 0
+    assert linkage.linkage_counts(cells, nuclei, gone, nuc_pred) == {"n_nuclei": 4, "n_detected": 4, "n_linked": 3}
     m = linkage.linkage_metrics(linkage.pool_linkage([c, {"n_nuclei": 2, "n_detected": 0, "n_linked": 0}]))
     assert m["linkage"] == pytest.approx(3 / 4) and m["linkage_recall"] == pytest.approx(3 / 6) and m["linkage_n"] == 4
     assert np.isnan(linkage.linkage_metrics(dict.fromkeys(linkage.FIELDS, 0))["linkage"])

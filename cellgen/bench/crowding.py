@@ -109,16 +109,16 @@ def _empty() -> dict:
 
 
 def crowding_counts(cells_truth: np.ndarray, truth: np.ndarray, pred: np.ndarray,
-                    strata: dict | None = None) -> dict:
+                    strata: dict | None = None, outcomes: metrics.ObjectOutcomes | None = None) -> dict:
     """Per-stratum counts of one image and compartment: {stratum: {n_true, n_matched, ...}}.
 
     ``cells_truth`` gives the strata (or pass ``strata`` from :func:`cell_strata`); ``truth``
-    and ``pred`` are the compartment's label maps, matched as by the instance metrics. A true
-    object whose id is not a cell of ``cells_truth`` is left out.
+    and ``pred`` are the compartment's label maps, matched as by the instance metrics (or
+    pass their ``outcomes``). A true object whose id is not a cell of ``cells_truth`` is left out.
     """
     strata = cell_strata(cells_truth) if strata is None else strata
     out = _empty()
-    res = metrics.object_outcomes(truth, pred)
+    res = metrics.object_outcomes(truth, pred) if outcomes is None else outcomes
     for k, oid in enumerate(res.true_ids):
         where = strata.get(int(oid))
         if where is None:

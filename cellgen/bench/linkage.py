@@ -8,14 +8,17 @@ whole-cell and nuclear maps have independent ids, and stored predictions may do 
 
 For each true nucleus whose true cell is scored: it is *detected* when a predicted nucleus
 matches it one-to-one at IoU >= 0.5, and *linked* when, moreover, that predicted nucleus
-belongs to the predicted cell matched (IoU >= 0.5) to its true cell. Then
+belongs to a predicted cell whose best-overlapping true cell (highest IoU) is its own cell.
+A nucleus outside every predicted cell, or in a cell that mostly is a neighbour (e.g. two
+cells merged into one: only one of the two nuclei can be right) is not linked. The cell
+need not be segmented well (IoU 0.4 still links): that is what the cell scores measure. Then
 
 - ``linkage`` = linked / detected: of the nuclei a method found, the fraction it put in the
   right cell (NaN when none was found);
 - ``linkage_recall`` = linked / true nuclei: found *and* put in the right cell.
 
 Counts pool over images by summing. Public API: :func:`parent_cells`,
-:func:`linkage_counts`, :func:`pool_linkage`, :func:`linkage_metrics`.
+:func:`linkage_counts`, :func:`linkage_from_outcomes`, :func:`pool_linkage`, :func:`linkage_metrics`.
 """
 
 from __future__ import annotations
@@ -46,20 +49,25 @@ def parent_cells(cell: np.ndarray, nucleus: np.ndarray) -> dict[int, int]:
 
 def linkage_counts(cell_true, nucleus_true, cell_pred, nucleus_pred) -> dict:
     """{n_nuclei, n_detected, n_linked} of one image (see the module text)."""
-    cells = metrics.object_outcomes(cell_true, cell_pred)
-    nuclei = metrics.object_outcomes(nucleus_true, nucleus_pred)
-    cell_match = dict(zip(cells.true_ids.tolist(), cells.matched_pred.tolist()))
+    return linkage_from_outcomes(cell_pred, nucleus_pred, metrics.object_outcomes(cell_true, cell_pred),
+                                 metrics.object_outcomes(nucleus_true, nucleus_pred))
+
+
+def linkage_from_outcomes(cell_pred, nucleus_pred, cells: metrics.ObjectOutcomes,
+                          nuclei: metrics.ObjectOutcomes) -> dict:
+    """:func:`linkage_counts` from the predictions and both compartments' matchings."""
+    scored = set(cells.true_ids.tolist())
+    owner = dict(zip(cells.pred_ids.tolist(), cells.best_true.tolist()))  # predicted cell -> true cell
     parent = parent_cells(cell_pred, nucleus_pred)
     n = detected = linked = 0
     for nid, pn in zip(nuclei.true_ids.tolist(), nuclei.matched_pred.tolist()):
-        if nid not in cell_match:  # its cell is not scored (e.g. excluded at the border)
+        if nid not in scored:  # its cell is not scored (e.g. excluded at the border)
             continue
         n += 1
         if pn == 0:
             continue
         detected += 1
-        pc = cell_match[nid]
-        linked += int(pc != 0 and parent.get(pn, 0) == pc)
+        linked += int(owner.get(parent.get(pn, 0), 0) == nid)
     return {"n_nuclei": n, "n_detected": detected, "n_linked": linked}
 
 

@@ -532,7 +532,8 @@ class ObjectOutcomes:
     Truth arrays (one entry per truth object, ids ascending): ``true_ids``, ``matched_pred``
     (id of the prediction matched at IoU >= ``threshold``, 0 if none), ``matched_iou`` (NaN
     if unmatched), ``split`` and ``merged`` (the object is split, or has >= 50 % of its pixels
-    in a merging prediction). Prediction arrays: ``pred_ids``, ``matched_true``.
+    in a merging prediction). Prediction arrays: ``pred_ids``, ``matched_true`` (0 if
+    unmatched), ``best_true`` (the true object it overlaps with the highest IoU, 0 if none).
     """
 
     true_ids: np.ndarray
@@ -542,6 +543,7 @@ class ObjectOutcomes:
     merged: np.ndarray
     pred_ids: np.ndarray
     matched_true: np.ndarray
+    best_true: np.ndarray
 
 
 def object_outcomes(true: np.ndarray, pred: np.ndarray, threshold: float = PQ_THRESHOLD) -> ObjectOutcomes:
@@ -562,7 +564,12 @@ def object_outcomes(true: np.ndarray, pred: np.ndarray, threshold: float = PQ_TH
     merging = np.bincount(ov.pj[in_p], minlength=npr) >= 2
     merged = np.zeros(nt, bool)
     merged[ov.ti[in_p & merging[ov.pj]]] = True
-    return ObjectOutcomes(ov.true_ids, matched_pred, matched_iou, split, merged, ov.pred_ids, matched_true)
+    best_true = np.zeros(npr, np.int64)
+    if ov.iou.size:
+        order = np.lexsort((ov.iou, ov.pj))  # by prediction, highest IoU last
+        last = order[np.r_[ov.pj[order][1:] != ov.pj[order][:-1], True]]
+        best_true[ov.pj[last]] = ov.true_ids[ov.ti[last]]
+    return ObjectOutcomes(ov.true_ids, matched_pred, matched_iou, split, merged, ov.pred_ids, matched_true, best_true)
 
 
 # --------------------------------------------------------------------------- bootstrap

@@ -5,7 +5,7 @@ style (totals summed over the tier's images); instance metrics pool TP/FP/FN ove
 Headline numbers carry 95% bootstrap confidence intervals over images.
 
 Public API: :func:`summarise`, :func:`write_reports`, :func:`format_table`,
-:func:`plot_summary`, :func:`compare`.
+:func:`plot_summary`, :func:`compare`, :func:`compare_crowding`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cellgen.bench import metrics
+from cellgen.bench import crowding, linkage, metrics
 from cellgen.bench.runner import RUN, load_records
 from cellgen.errors import CellgenError
 from cellgen.fileio import atomic_path
@@ -32,7 +32,29 @@ HEADLINE = {
 PIXEL_COLUMNS = ("aAcc", "mIoU", "mAcc", "mDice", "mFscore", "mPrecision", "mRecall")
 INSTANCE_COLUMNS = ("precision@0.5", "recall@0.5", "f1@0.5", "ap@0.5", "ap@0.75", "f1@0.75", "mean_ap",
                     "pq", "sq", "rq", "mean_matched_iou", "seg", "n_true", "n_pred", "n_split", "n_merged")
+LINKAGE_COLUMNS = ("linkage", "linkage_recall", "linkage_n")
 SUMMARY_FILE = "summary.json"
+#: what each output column means, written into summary.json (docs/metrics.md has the details)
+METRIC_DEFINITIONS = {
+    "ap@T": "average precision of DSB 2018 / StarDist: TP / (TP + FP + FN) at IoU >= T, one-to-one matching; "
+            "NOT the area under a precision-recall curve (COCO AP)",
+    "mean_ap": "mean of ap@T over T = 0.50, 0.55, ..., 0.95 (printed as AP@[.5:.95]); again TP/(TP+FP+FN), "
+               "not the area under a precision-recall curve",
+    "precision@T, recall@T, f1@T": "TP/(TP+FP), TP/(TP+FN), 2TP/(2TP+FP+FN) at IoU >= T",
+    "pq, sq, rq": "panoptic quality = SQ x RQ at IoU >= 0.5; SQ = mean IoU of matches, RQ = TP/(TP+FP/2+FN/2)",
+    "mean_matched_iou": "mean IoU of the one-to-one matches at IoU >= 0.5",
+    "seg": "Cell Tracking Challenge SEG: mean over true objects of the IoU with the prediction covering > 50 % of it",
+    "n_split, n_merged": "true objects split into >= 2 predictions; predictions merging >= 2 true objects",
+    "aAcc, mIoU, mAcc, mDice, mFscore, mPrecision, mRecall": "pixel metrics, MMSegmentation style, "
+                                                            "pooled over the images, mean of background and object",
+    "linkage": "of the true nuclei matched at IoU >= 0.5, the fraction whose predicted nucleus lies (> 50 % of its "
+               "pixels) in a predicted cell that overlaps their own true cell best (highest IoU); only for methods "
+               "giving both compartments",
+    "linkage_recall": "the same count over all true nuclei (found and put in the right cell)",
+    "linkage_n": "true nuclei matched, the denominator of linkage",
+    "*_ci_low, *_ci_high": "95 % percentile bootstrap interval over images",
+    "pooling": "counts are summed over a tier's images before ratios are taken",
+}
 
 
 def _flat_instance(m: dict) -> dict:
@@ -80,6 +102,9 @@ def summarise(records, tier_names, n_boot: int = 1000, seed: int = 0) -> list[di
             for name, (kind, _) in HEADLINE.items():
                 lo, hi = metrics.bootstrap_ci(pix if kind == "pixel" else inst, name, n_boot=n_boot, seed=seed)
                 row[f"{name}_ci_low"], row[f"{name}_ci_high"] = lo, hi
+            links = [r["linkage"] for r in sel if "linkage" in r]
+            row.update(linkage.linkage_metrics(linkage.pool_linkage(links)) if links
+                       else dict.fromkeys(LINKAGE_COLUMNS, float("nan")))
             row["seconds_per_image"] = float(np.mean([r["seconds"] for r in sel]))
             rows.append(row)
     return rows
@@ -95,7 +120,8 @@ def _write_csv(path: Path, rows: list[dict]):
 
 
 def write_reports(results_dir, tier_names, n_boot: int = 1000) -> list[dict]:
-    """Write per_image.csv, summary.csv, summary.json and summary.png; return the summary rows."""
+    """Write per_image.csv, summary.csv, summary.json, summary.png, crowding.csv and crowding.png;
+    return the summary rows."""
     out = Path(results_dir)
     records = load_records(out)
     if not records:
@@ -105,8 +131,10 @@ def write_reports(results_dir, tier_names, n_boot: int = 1000) -> list[dict]:
     _write_csv(out / "per_image.csv", per_image_rows(records))
     _write_csv(out / "summary.csv", rows)
     with atomic_path(out / SUMMARY_FILE) as tmp:
-        tmp.write_text(json.dumps({"run": run, "tiers": list(tier_names), "summary": rows}, indent=2))
+        tmp.write_text(json.dumps({"run": run, "tiers": list(tier_names), "metric_definitions": METRIC_DEFINITIONS,
+                                   "summary": rows}, indent=2))
     plot_summary({_label(run): rows}, out / "summary.png", list(tier_names))
+    crowding.write_crowding(out, records, label=_label(run))
     return rows
 
 
@@ -134,6 +162,13 @@ def format_table(rows: list[dict], label_key: str | None = None) -> str:
         for m in HEADLINE:
             text += f"{_pct(r[m])} [{_pct(r[m + '_ci_low']).strip():>5},{_pct(r[m + '_ci_high']).strip():>5}]".rjust(22)
         lines.append(text)
+    lines.append("AP@[.5:.95] = mean over IoU 0.50:0.95 of TP/(TP+FP+FN) (DSB 2018), not the area under a "
+                 "precision-recall curve; 95% bootstrap CIs in brackets")
+    linked = [r for r in rows if r["compartment"] == "nucleus" and r["tier"] == "all"
+              and isinstance(r.get("linkage"), float) and r["linkage"] == r["linkage"]]
+    if linked:
+        lines.append("nucleus-to-cell linkage, tier all (found nuclei put in the right cell): " + ", ".join(
+            f"{r[label_key] + ' ' if label_key else ''}{r['variant']} {_pct(r['linkage']).strip()}%" for r in linked))
     return "\n".join(lines)
 
 
@@ -181,6 +216,29 @@ def plot_summary(by_label: dict[str, list[dict]], path, tier_names, metric_names
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path
+
+
+def compare_crowding(results_dirs, out_png, variants=("clean",)) -> Path | None:
+    """Crowding curves of several results folders in one plot (their ``crowding.csv``).
+
+    Only ``variants`` are drawn (default clean) so the methods stay readable; None draws all.
+    Returns the plot's path, or None when no folder has crowding scores.
+    """
+    by_label = {}
+    for d in results_dirs:
+        rows = crowding.read_crowding(d)
+        if not rows:
+            continue
+        run = json.loads((Path(d) / RUN).read_text()) if (Path(d) / RUN).exists() else {}
+        label = _label(run) if run else Path(d).name
+        while label in by_label:
+            label += "'"
+        by_label[label] = rows
+    if not by_label:
+        return None
+    present = {r["variant"] for rows in by_label.values() for r in rows}
+    keep = [v for v in variants if v in present] if variants else None
+    return Path(crowding.plot_crowding(by_label, out_png, variants=keep or None))
 
 
 def compare(results_dirs, out_png=None) -> tuple[str, list[dict]]:

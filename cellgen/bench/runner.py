@@ -42,8 +42,12 @@ def run_bench(
     command: str = "",
     workers: int = 1,
     scheduler=None,
+    exclude_border: int = 0,
 ) -> Path:
     """Segment and score every selected (image, variant); returns the results folder.
+
+    ``exclude_border`` > 0 drops true and predicted objects with a pixel within that many
+    pixels of the image border before matching (:mod:`cellgen.bench.border`).
 
     ``workers`` (local processes) or ``scheduler`` (a Dask scheduler address) shard the
     images (:mod:`cellgen.bench.shards`); the records are written in the same order as by
@@ -51,6 +55,9 @@ def run_bench(
     """
     options = dict(options or {})
     out = Path(out_dir)
+    if exclude_border is None or int(exclude_border) != exclude_border or exclude_border < 0:
+        raise CellgenError(f"--exclude-border must be a whole number of pixels >= 0, got {exclude_border}")
+    exclude_border = int(exclude_border)
     method = get_method(method_name, **options)
     method.check()
     with BenchmarkSet(data) as ds:
@@ -75,12 +82,13 @@ def run_bench(
     settings = {
         "data": str(Path(data).resolve()),
         "data_sha256": file_digest(data),
-        "method": method.describe(),
+        "method": dict(method.describe(), for_this_set=method.settings_for_set(pixel_size)),
         "options": options,
         "variants": variants,
         "indices": indices.tolist(),
         "compartments": compartments,
         "pixel_size_um": pixel_size,
+        "exclude_border_px": exclude_border,
         "cellgen_version": __version__,
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -112,14 +120,14 @@ def run_bench(
 
             method.close()
             score_units_sharded(out, data, method_name, options, todo, compartments, workers=workers,
-                                scheduler=scheduler, on_record=keep)
+                                scheduler=scheduler, on_record=keep, exclude_border=exclude_border)
             records.flush()
             remove_parts(out)
         else:
             try:
                 with BenchmarkSet(data) as ds:
                     for i, v in todo:
-                        keep(score_unit(ds, method, i, v, compartments))
+                        keep(score_unit(ds, method, i, v, compartments, exclude_border))
             finally:
                 method.close()
     bar.close()

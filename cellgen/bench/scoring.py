@@ -2,10 +2,14 @@
 
 A *record* is one JSON line of ``records.jsonl``: the image index, variant, tier, seconds
 spent segmenting and, per compartment, the pixel totals and instance counts of
-:mod:`cellgen.bench.metrics`. Reports are computed from records alone.
+:mod:`cellgen.bench.metrics`; per compartment the per-stratum counts of
+:mod:`cellgen.bench.crowding` (``crowding``); and, when the method gave both compartments,
+the nucleus-to-cell counts of :mod:`cellgen.bench.linkage` (``linkage``). With
+``exclude_border`` > 0, true and predicted objects touching that border band are dropped
+first (:mod:`cellgen.bench.border`). Reports are computed from records alone.
 
-Public API: :func:`score_segmentation`, :func:`score_unit`, :func:`encode_scores`,
-:func:`decode_scores`, :func:`complete_lines`, :func:`load_records`.
+Public API: :func:`score_segmentation`, :func:`score_objects`, :func:`score_unit`,
+:func:`encode_scores`, :func:`decode_scores`, :func:`complete_lines`, :func:`load_records`.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cellgen.bench import metrics
+from cellgen import noise
+from cellgen.bench import crowding, linkage, metrics
+from cellgen.bench.border import drop_border_objects
 from cellgen.bench.methods.base import Method, Segmentation, check_image
 from cellgen.errors import CellgenError
 from cellgen.masks import Masks
@@ -26,9 +32,9 @@ COMPARTMENTS = ("cell", "nucleus")
 RECORDS = "records.jsonl"
 
 
-def score_segmentation(seg: Segmentation, masks: Masks, compartments=COMPARTMENTS) -> dict:
-    """Per compartment: pixel totals and instance counts of one prediction against exact masks."""
-    scores = {}
+def _scored_maps(seg: Segmentation, masks: Masks, compartments, exclude_border: int) -> dict:
+    """comp -> (truth, prediction) label maps to score, border objects dropped when asked."""
+    maps = {}
     for comp in compartments:
         pred = getattr(seg, comp)
         if pred is None:
@@ -37,11 +43,37 @@ def score_segmentation(seg: Segmentation, masks: Masks, compartments=COMPARTMENT
         pred = np.asarray(pred)
         if pred.shape != truth.shape:
             raise CellgenError(f"{comp} prediction has shape {pred.shape}, the image is {truth.shape}")
-        scores[comp] = (metrics.pixel_totals(truth, pred), metrics.instance_counts(truth, pred))
-    return scores
+        maps[comp] = (drop_border_objects(truth, exclude_border), drop_border_objects(pred, exclude_border))
+    return maps
 
 
-def score_unit(ds, method: Method, index: int, variant: str, compartments) -> dict:
+def score_segmentation(seg: Segmentation, masks: Masks, compartments=COMPARTMENTS, exclude_border: int = 0) -> dict:
+    """Per compartment: pixel totals and instance counts of one prediction against exact masks."""
+    return {comp: (metrics.pixel_totals(t, p), metrics.instance_counts(t, p))
+            for comp, (t, p) in _scored_maps(seg, masks, compartments, exclude_border).items()}
+
+
+def score_objects(seg: Segmentation, masks: Masks, compartments=COMPARTMENTS, exclude_border: int = 0) -> dict:
+    """Per-object scores of one prediction: ``crowding`` counts per compartment and, when
+    both compartments were predicted, ``linkage`` counts (plain JSON values)."""
+    return _object_scores(_scored_maps(seg, masks, compartments, exclude_border), masks)
+
+
+def _object_scores(maps: dict, masks: Masks) -> dict:
+    # strata come from the whole truth (a neighbour in the border band still crowds a cell);
+    # a set without cell masks is stratified by its nuclei
+    source = masks.cell if masks.cell.any() else masks.nucleus
+    strata = crowding.cell_strata(source)
+    outcomes = {comp: metrics.object_outcomes(t, p) for comp, (t, p) in maps.items()}
+    out = {"crowding": {comp: crowding.crowding_counts(source, t, p, strata, outcomes[comp])
+                        for comp, (t, p) in maps.items()}}
+    if "cell" in maps and "nucleus" in maps and masks.cell.any() and masks.nucleus.any():
+        out["linkage"] = linkage.linkage_from_outcomes(maps["cell"][1], maps["nucleus"][1], outcomes["cell"],
+                                                       outcomes["nucleus"])
+    return out
+
+
+def score_unit(ds, method: Method, index: int, variant: str, compartments, exclude_border: int = 0) -> dict:
     """Segment image ``index`` (``variant``) of the open set ``ds`` and score it: one record."""
     masks = ds.masks(index)
     start = time.perf_counter()
@@ -50,12 +82,16 @@ def score_unit(ds, method: Method, index: int, variant: str, compartments) -> di
     else:
         seg = method.segment(check_image(ds.images(index, variant)), ds.pixel_size_um)
     seconds = time.perf_counter() - start
+    maps = _scored_maps(seg, masks, compartments, exclude_border)
+    scores = {comp: (metrics.pixel_totals(t, p), metrics.instance_counts(t, p)) for comp, (t, p) in maps.items()}
     return {
         "index": int(index),
         "variant": variant,
         "tier": str(ds.metadata["tier"][index]),
+        "snr_tier": noise.snr_tier_of(ds, index, variant),
         "seconds": seconds,
-        "scores": encode_scores(score_segmentation(seg, masks, compartments)),
+        "scores": encode_scores(scores),
+        **_object_scores(maps, masks),
     }
 
 

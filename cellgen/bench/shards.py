@@ -38,7 +38,8 @@ def _open(data: str, method_name: str, options: dict):
     return _OPEN["ds"], _OPEN["method"]
 
 
-def _score_part(part_path: str, data: str, method_name: str, options: dict, units: list, compartments) -> str:
+def _score_part(part_path: str, data: str, method_name: str, options: dict, units: list, compartments,
+                exclude_border: int = 0) -> str:
     path = Path(part_path)
     done = {(r["index"], r["variant"]) for r in map(json.loads, complete_lines(path))}
     todo = [(i, v) for i, v in units if (i, v) not in done]
@@ -47,13 +48,14 @@ def _score_part(part_path: str, data: str, method_name: str, options: dict, unit
     ds, method = _open(data, method_name, options)
     with open(path, "a") as fh:  # one finished unit per line: a killed shard keeps its units
         for i, v in todo:
-            fh.write(json.dumps(score_unit(ds, method, i, v, compartments)) + "\n")
+            fh.write(json.dumps(score_unit(ds, method, i, v, compartments, exclude_border)) + "\n")
             fh.flush()
     return str(path)
 
 
 def score_units_sharded(out_dir, data, method_name: str, options: dict, units: list[tuple[int, str]],
-                        compartments, *, workers: int = 1, scheduler=None, on_record=None) -> list[dict]:
+                        compartments, *, workers: int = 1, scheduler=None, on_record=None,
+                        exclude_border: int = 0) -> list[dict]:
     """Score ``units`` ((image index, variant) pairs) on workers, sharded by image index.
 
     Returns the records in the order of ``units`` (so a results file written from them is
@@ -71,7 +73,7 @@ def score_units_sharded(out_dir, data, method_name: str, options: dict, units: l
     for name, (a, b) in zip(names, shards):
         mine = set(images[a:b])
         calls.append((str(folder / name), str(Path(data).absolute()), method_name, options,
-                      [(int(i), v) for i, v in units if int(i) in mine], list(compartments)))
+                      [(int(i), v) for i, v in units if int(i) in mine], list(compartments), int(exclude_border)))
     parts = distributed.run_tasks(_score_part, calls, workers=workers, scheduler=scheduler)
     found = {}
     for p in parts:

@@ -23,6 +23,9 @@ from cellgen.cli.options import SCHEDULER, WORKERS, parse_settings, set_file
 @click.option("--variant", "variants", multiple=True, help="Image variant(s) to score [default: all in the set].")
 @click.option("--tier", "tiers", multiple=True, help="Density tier(s) to score [default: all].")
 @click.option("--limit", type=click.IntRange(1), help="Score at most this many images.")
+@click.option("--exclude-border", "exclude_border", default=0, show_default=True, type=click.IntRange(0), metavar="PX",
+              help="Drop true and predicted objects with a pixel within PX of the image border before matching "
+                   "(the NeurIPS 2022 cell-segmentation challenge uses 2).")
 @click.option("--jobs", type=click.IntRange(1), hidden=True, help="Deprecated name of --workers.")
 @WORKERS
 @SCHEDULER
@@ -30,7 +33,7 @@ from cellgen.cli.options import SCHEDULER, WORKERS, parse_settings, set_file
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def bench(ctx, method, data, output, model, nuclei_model, diameter, predictions, settings, variants, tiers,
-          limit, jobs, workers, scheduler, n_boot, quiet):
+          limit, exclude_border, jobs, workers, scheduler, n_boot, quiet):
     """Segment a set with a method and score it per density tier and noise variant."""
     if ctx.invoked_subcommand is not None:
         return
@@ -47,12 +50,13 @@ def bench(ctx, method, data, output, model, nuclei_model, diameter, predictions,
     out = Path(output) if output else Path("results") / f"{method}-{Path(data).stem}"
     run_bench(data, method, out, options=options, variants=list(variants) or None, tiers=list(tiers) or None,
               limit=limit, progress=not quiet, command=command_line(), workers=max(workers, jobs or 1),
-              scheduler=scheduler)
+              scheduler=scheduler, exclude_border=exclude_border)
     with BenchmarkSet(data) as ds:
         tier_names = list(ds.tier_scheme.names)
     rows = write_reports(out, tier_names, n_boot=n_boot)
     click.echo(format_table(rows))
-    click.echo(f"results in {out}/ (per_image.csv, summary.csv, summary.json, summary.png)")
+
+    click.echo(f"results in {out}/ (per_image.csv, summary.csv, summary.json, summary.png, crowding.csv, crowding.png)")
 
 
 @bench.command("setup")
@@ -80,7 +84,7 @@ def bench_compare(results, output, csv_path, real_dirs, metric, synthetic_varian
     When some folders scored a real set and others a synthetic one, a transfer report
     follows: per density tier, the methods' rank agreement (Kendall's tau) between real and
     synthetic images and each method's score gap (OUTPUT-transfer.png / .json)."""
-    from cellgen.bench.report import _write_csv, compare
+    from cellgen.bench.report import _write_csv, compare, compare_crowding
     from cellgen.bench.transfer import format_transfer, plot_transfer, split_results, transfer_report
     from cellgen.fileio import atomic_path
 
@@ -89,6 +93,9 @@ def bench_compare(results, output, csv_path, real_dirs, metric, synthetic_varian
     if csv_path:
         _write_csv(Path(csv_path), rows)
     click.echo(f"wrote {output}")
+    crowded = compare_crowding(results, Path(output).with_suffix("").as_posix() + "-crowding.png")
+    if crowded:
+        click.echo(f"wrote {crowded} (scores per object crowding, clean images)")
     real, synthetic = split_results(results, real_dirs)
     if real and synthetic:
         report = transfer_report(real, synthetic, metric=metric, synthetic_variant=synthetic_variant)

@@ -48,6 +48,12 @@ class Method:
         """Settings and versions recorded beside the results (JSON-serialisable)."""
         return {"method": self.name}
 
+    def settings_for_set(self, pixel_size_um: float) -> dict:
+        """The settings that follow from a set's pixel size, as the method will apply them
+        (e.g. diameters in pixels); recorded beside :meth:`describe`. Raise
+        :class:`MethodUnavailable` or :class:`CellgenError` for a set the settings contradict."""
+        return {}
+
     def segment(self, image: np.ndarray, pixel_size_um: float) -> Segmentation:
         raise NotImplementedError
 

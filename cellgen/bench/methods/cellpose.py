@@ -244,6 +244,11 @@ class CellPose(Method):
             "cellprob_threshold": self.cellprob_threshold,
             "cell_channels": _CELL_CHANNELS,
             "nucleus_channels": _NUCLEUS_CHANNELS,
+            "channel_layout": "CellPose input (H, W, [cytoplasm, nucleus]); channels are 1-based into it",
+            "gpu": self.gpu,
+            # CellPose's eval defaults this adapter leaves alone, recorded so a change shows
+            "eval_defaults": {"normalize": True, "resample": True, "min_size": 15, "niter": None,
+                              "augment": False, "tile_overlap": 0.1, "bsize": 224},
             "versions": versions,
         }
 
@@ -264,6 +269,15 @@ class CellPose(Method):
             net = cp_models.CellposeModel(gpu=gpu, pretrained_model=str(m.weights))
         self._loaded[role] = net
         return net
+
+    def settings_for_set(self, pixel_size_um: float) -> dict:
+        out = {}
+        for role in self.compartments:
+            px = self._diameter_px(role, pixel_size_um)
+            m = self._specs.get(role)
+            how = ("size model per image" if m is not None and m.estimates_size else "the model's trained diameter")
+            out[f"{role}_diameter_px"] = px if px is not None else f"automatic ({how})"
+        return out
 
     def _diameter_px(self, role: str, pixel_size_um: float) -> float | None:
         px, um = ((self.diameter, self.diameter_um) if role == "cell"

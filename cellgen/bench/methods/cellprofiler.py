@@ -136,8 +136,13 @@ class CellProfiler(Method):
             "regularization": self.regularization,
             "distance_to_dilate_um": self.distance_to_dilate_um,
             "exclude_border_objects": self.exclude_border_objects,
+            "channels": {"IdentifyPrimaryObjects": "nucleus (0)", "IdentifySecondaryObjects": "cytoplasm (1)"},
             "versions": versions,
         }
+
+    def settings_for_set(self, pixel_size_um: float) -> dict:
+        return {"nucleus_diameter_px": list(self._diameter_px(pixel_size_um)),
+                "distance_to_dilate_px": max(int(round(self.distance_to_dilate_um / pixel_size_um)), 1)}
 
     def _diameter_px(self, pixel_size_um: float) -> tuple[int, int]:
         if self.nucleus_diameter_px is not None:

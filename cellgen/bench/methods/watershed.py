@@ -82,8 +82,14 @@ class Watershed(Method):
             "seed_spacing": self.seed_spacing,
             "min_nucleus_fraction": self.min_nucleus_fraction,
             "cell_threshold_factor": self.cell_threshold_factor,
+            "channels": {"nucleus": 0, "cytoplasm": 1},
             "versions": {"scikit-image": skimage.__version__, "scipy": scipy.__version__, "numpy": np.__version__},
         }
+
+    def settings_for_set(self, pixel_size_um: float) -> dict:
+        diameter = self.nucleus_diameter_um / pixel_size_um
+        return {"nucleus_diameter_px": diameter, "smoothing_sigma_px": max(self.smoothing * diameter, 0.5),
+                "seed_spacing_px": max(int(round(self.seed_spacing * diameter)), 1)}
 
     def segment(self, image: np.ndarray, pixel_size_um: float) -> Segmentation:
         image = check_image(image)
