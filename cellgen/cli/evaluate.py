@@ -34,6 +34,15 @@ def eval_render(checkpoint, data, output, heldout, segmenter_steps, max_images, 
     result = evaluate_renderer(rend, data, heldout=heldout, max_images=max_images, segmenter_steps=segmenter_steps, seed=seed,
                                device=device, out_dir=output, progress=True)
     click.echo(json.dumps({k: v for k, v in result.items() if k in ("rendered", "real")}, indent=2, default=float))
+    tex = result["texture"]
+    for name in ("nucleus", "cytoplasm"):
+        click.echo(f"{name} channel: checkerboard {100 * tex['rendered']['checkerboard'][name]['median']:.3f}% "
+                   f"(real {100 * tex['real']['checkerboard'][name]['median']:.3f}%), background std x"
+                   f"{tex['ratio']['background_std'][name]:.2f} of real, per-cell mean std "
+                   f"x{tex['ratio']['cell_means'][name]['std']:.2f}, worst power-spectrum band off by "
+                   f"{100 * tex['ratio']['power_spectrum'][name]['worst_band_error']:.0f}%")
+    if "seed_variation" in tex:
+        click.echo(f"between seeds: cell mean correlation {tex['seed_variation']['cell_mean_correlation']}")
     click.echo(f"results in {output}/")
 
 

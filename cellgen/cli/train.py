@@ -47,28 +47,35 @@ def train_contours_cmd(data, output, preset, kimg, steps, batch, augment, seed, 
 @train.command("renderer")
 @click.option("--data", required=True, type=click.Path(), help="Benchmark set (HDF5) or exported folder of image+mask pairs.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Run folder (resumable).")
-@click.option("--preset", default="small256", show_default=True, type=click.Choice(["tiny", "small256", "paper1024"]))
+@click.option("--preset", default="small256", show_default=True,
+              type=click.Choice(["tiny", "small256", "varied256", "paper1024"]),
+              help="varied256: small256 with resize-convolution upsampling, per-cell appearance inputs drawn "
+                   "from a seed, a noise input and an EfficientNet-Lite0 perceptual loss.")
 @click.option("--steps", type=click.IntRange(1), help="Training length in steps.")
 @click.option("--epochs", type=float, help="Training length in passes over the data (instead of --steps).")
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(1))
+@click.option("--crop", type=click.IntRange(16), help="Training crop side [default: the preset's size].")
 @click.option("--max-minutes", type=float, help="Stop (and save) after this wall time; rerun to continue.")
 @click.option("--vgg-weights", type=click.Path(dir_okay=False), help="VGG19 weights file to add the perceptual loss.")
 @click.option("--init", type=click.Path(dir_okay=False), help="Start from a renderer checkpoint (e.g. the shipped "
               "one, to fine-tune on your images) or a run's snapshot.pt, instead of random weights.")
+@click.option("--adapt-init", is_flag=True, help="With --init: build --preset's network and copy the init weights "
+              "where they fit (new input channels start at zero, transposed-convolution kernels seed resize-convolutions).")
 @click.option("--decay-fraction", default=0.5, show_default=True, type=click.FloatRange(0, 1),
               help="Last fraction of the steps over which the learning rate decays to 0.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--no-resume", is_flag=True)
 @click.option("-q", "--quiet", is_flag=True)
-def train_renderer_cmd(data, output, preset, steps, epochs, batch, max_minutes, vgg_weights, init, decay_fraction,
-                       seed, device, no_resume, quiet):
+def train_renderer_cmd(data, output, preset, steps, epochs, batch, crop, max_minutes, vgg_weights, init, adapt_init,
+                       decay_fraction, seed, device, no_resume, quiet):
     """Pix2PixHD mask -> image; writes OUTPUT/renderer.pt, snapshots, triptychs, log.jsonl."""
     from cellgen.render.train import train_renderer
 
     path = train_renderer(data, output, preset, steps=steps, epochs=epochs, batch=batch, seed=seed, device=device,
                           resume=not no_resume, progress=not quiet, vgg_weights=vgg_weights, max_minutes=max_minutes,
-                          init_from=init, decay_fraction=decay_fraction)
+                          init_from=init, adapt_init=adapt_init, decay_fraction=decay_fraction,
+                          config_overrides={"size": crop} if crop else None)
     click.echo(f"wrote {path}")
 
 

@@ -18,7 +18,12 @@ foregrounds: ``cell`` (nucleus + cytoplasm vs background, the headline numbers) 
 93.04, mRecall 94.44.
 
 Also per-channel intensity statistics (mean, std) of rendered vs real images inside
-nuclei, inside cytoplasm (cell minus nucleus) and in the background, on the held-out masks.
+nuclei, inside cytoplasm (cell minus nucleus) and in the background, on the held-out masks,
+and their texture (:mod:`cellgen.render.texture`: checkerboard amplitude, background
+standard deviation, per-cell mean intensities, radially averaged power spectrum) with the
+ratios rendered / real. A renderer whose output depends on a seed renders the held-out
+masks a second time with other seeds: ``seed_variation`` says how much the images and the
+cells' mean intensities change.
 
 Held-out data: ``heldout`` (a second set / folder) when given, else the last
 ``holdout_fraction`` of ``data`` (which the renderer may have been trained on; the result
@@ -45,6 +50,7 @@ from cellgen.bench.metrics import pixel_metrics, pixel_totals, pool_pixel_totals
 from cellgen.errors import CellgenError
 from cellgen.fileio import atomic_path
 from cellgen.render.data import open_pairs
+from cellgen.render import texture
 from cellgen.render.renderer import resolve_device
 
 #: the paper's Table 3 Pix2PixHD row, as fractions
@@ -225,6 +231,21 @@ def _figure(path: Path, result: dict) -> None:
     plt.close(fig)
 
 
+def _texture(renderer, rendered, images, semantic, cell, nucleus) -> dict:
+    real_s, rend_s = texture.image_statistics(images, semantic, cell), texture.image_statistics(rendered, semantic, cell)
+    out = {"real": texture.public(real_s), "rendered": texture.public(rend_s), "ratio": texture.compare(rend_s, real_s)}
+    if renderer.varies:
+        again = renderer.render_batch(semantic, cell, nucleus, seeds=range(len(semantic), 2 * len(semantic)))
+        a, b = texture.cell_means(rendered, semantic, cell), texture.cell_means(again, semantic, cell)
+        out["seed_variation"] = {
+            "mean_abs_pixel_difference": float(np.abs(rendered - again).mean()),
+            # 1: a cell's brightness is fixed by the mask; 0: drawn anew with each seed
+            "cell_mean_correlation": {k: float(np.corrcoef(a[k], b[k])[0, 1]) if len(a[k]) > 1 else math.nan
+                                      for k in a},
+        }
+    return out
+
+
 def evaluate_renderer(renderer, data, *, heldout=None, holdout_fraction: float = 0.25, max_images: int = 64,
                       segmenter_steps: int = 300, segmenter_batch: int = 8, segmenter_crop: int = 128,
                       segmenter_widths=(8, 16, 32), seed: int = 0, device=None, out_dir=None,
@@ -265,7 +286,7 @@ def evaluate_renderer(renderer, data, *, heldout=None, holdout_fraction: float =
 
     net = train_segmenter(tr_img, tr_sem, steps=segmenter_steps, batch=segmenter_batch, crop=segmenter_crop,
                           seed=seed, device=dev, widths=segmenter_widths, progress=progress)
-    rendered = renderer.render_batch(te_sem, te_cell, te_nuc)
+    rendered = renderer.render_batch(te_sem, te_cell, te_nuc, seeds=range(len(te_sem)))
     rendered_train = renderer.render_batch(tr_sem, tr_cell, tr_nuc)
     result = {
         "real": _score(segment(net, te_img), te_sem),
@@ -274,6 +295,7 @@ def evaluate_renderer(renderer, data, *, heldout=None, holdout_fraction: float =
         "segmenter_on_train": _score(segment(net, tr_img), tr_sem),
         "intensity": {"real": intensity_stats(te_img, te_sem, te_cell),
                       "rendered": intensity_stats(rendered, te_sem, te_cell)},
+        "texture": _texture(renderer, rendered, te_img, te_sem, te_cell, te_nuc),
         "reference": {"paper_pix2pixhd": dict(PAPER_PIX2PIXHD)},
         "setup": {"data": str(data), "heldout": str(heldout) if heldout is not None else None, "split": split,
                   "n_train": int(len(train_idx)), "n_test": int(len(test_idx)), "segmenter_steps": segmenter_steps,

@@ -71,7 +71,14 @@ _BASE = {
     "lr": 2e-4,
     "beta1": 0.5,
     "size": 256,
+    # Additions to pix2pixHD; their defaults are the original architecture, so configs
+    # written before they existed (and official weights) still build the same network.
+    "upsample": "transpose",  # or "nearest" / "bilinear": resize, then a 3x3 convolution
+    "feat_nc": 0,  # per-instance appearance channels (cellgen.render.appearance)
+    "noise_nc": 0,  # per-pixel noise channels drawn from the image's seed
+    "lambda_perc": 0.0,  # weight of the EfficientNet-Lite0 perceptual loss (0: off)
 }
+UPSAMPLE_MODES = ("transpose", "nearest", "bilinear")
 
 #: Named configurations. ``size`` is the training crop (the full image side for 1024).
 PRESETS: dict[str, dict] = {
@@ -86,6 +93,12 @@ PRESETS: dict[str, dict] = {
     # single global generator at 256 with the same G1 (ngf 32, 7.9 M parameters either way).
     "small256": dict(_BASE, netG="local", ngf=16, n_downsample_global=3, n_blocks_global=6,
                      n_local_enhancers=1, n_blocks_local=3, ndf=32, num_D=2, size=256),
+    # small256's layout without its checkerboard and "average cell": resize-then-convolve
+    # upsampling, each region's mean intensity (nucleus / cytoplasm of every cell, the
+    # background) as 2 input channels, one noise channel, and a perceptual loss
+    "varied256": dict(_BASE, netG="local", ngf=16, n_downsample_global=3, n_blocks_global=6,
+                      n_local_enhancers=1, n_blocks_local=3, ndf=32, num_D=2, size=256,
+                      upsample="bilinear", feat_nc=2, noise_nc=1, lambda_perc=1.0),
     # for tests: a few thousand parameters, 64 x 64
     "tiny": dict(_BASE, netG="global", ngf=8, n_downsample_global=2, n_blocks_global=2,
                  ndf=8, num_D=2, size=64),
@@ -106,7 +119,32 @@ def make_config(preset: str = "small256", **overrides) -> dict:
     return config
 
 
+def complete_config(config: dict) -> dict:
+    """``config`` with the keys added since it was written set to their (original-architecture) defaults."""
+    out = dict(config)
+    for key in ("upsample", "feat_nc", "noise_nc", "lambda_perc"):
+        out.setdefault(key, _BASE[key])
+    return out
+
+
+def generator_input_nc(config: dict) -> int:
+    """Channels the generator reads: the mask encoding, then appearance features, then noise."""
+    config = complete_config(config)
+    return int(config["input_nc"]) + int(config["feat_nc"]) + int(config["noise_nc"])
+
+
 def check_config(config: dict) -> None:
+    config = complete_config(config)
+    if config["upsample"] not in UPSAMPLE_MODES:
+        raise CellgenError(f"upsample must be one of {', '.join(UPSAMPLE_MODES)}, got {config['upsample']!r}")
+    for key in ("feat_nc", "noise_nc"):
+        if int(config[key]) < 0:
+            raise CellgenError(f"renderer config {key} must be >= 0, got {config[key]}")
+    if int(config["feat_nc"]) not in (0, int(config["output_nc"])):
+        raise CellgenError(f"renderer config feat_nc must be 0 or {config['output_nc']} (one region mean per image "
+                           f"channel), got {config['feat_nc']}")
+    if not float(config["lambda_perc"]) >= 0:
+        raise CellgenError(f"renderer config lambda_perc must be >= 0, got {config['lambda_perc']}")
     if config.get("netG") not in ("global", "local"):
         raise CellgenError(f"netG must be 'global' or 'local', got {config.get('netG')!r}")
     for key in ("ngf", "ndf", "n_layers_D", "num_D", "input_nc", "output_nc"):
@@ -211,7 +249,35 @@ class ResnetBlock(nn.Module):
         return x + self.conv_block(x)
 
 
-def _global_layers(input_nc, output_nc, ngf, n_down, n_blocks) -> list[nn.Module]:
+class ResizeConv(nn.Module):
+    """2x upsampling that cannot make a checkerboard: resize, reflection pad 1, 3x3 conv.
+
+    A stride-2 transposed convolution gives the four output phases different sets of kernel
+    taps, which leaves a 2x2 pattern unless training cancels it exactly (Odena et al. 2016,
+    "Deconvolution and checkerboard artifacts"); every output pixel here uses all taps.
+    """
+
+    def __init__(self, cin: int, cout: int, mode: str):
+        super().__init__()
+        self.mode = mode
+        self.pad = nn.ReflectionPad2d(1)
+        self.conv = nn.Conv2d(cin, cout, 3)
+
+    def forward(self, x):
+        if self.mode == "nearest":
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+        else:
+            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        return self.conv(self.pad(x))
+
+
+def _up(cin: int, cout: int, mode: str) -> nn.Module:
+    if mode == "transpose":
+        return nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1)
+    return ResizeConv(cin, cout, mode)
+
+
+def _global_layers(input_nc, output_nc, ngf, n_down, n_blocks, upsample="transpose") -> list[nn.Module]:
     layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(input_nc, ngf, 7), _norm(ngf), nn.ReLU(True)]
     for i in range(n_down):
         c = ngf * 2**i
@@ -220,15 +286,16 @@ def _global_layers(input_nc, output_nc, ngf, n_down, n_blocks) -> list[nn.Module
     layers += [ResnetBlock(c) for _ in range(n_blocks)]
     for i in range(n_down):
         c = ngf * 2 ** (n_down - i)
-        layers += [nn.ConvTranspose2d(c, c // 2, 3, stride=2, padding=1, output_padding=1), _norm(c // 2), nn.ReLU(True)]
+        layers += [_up(c, c // 2, upsample), _norm(c // 2), nn.ReLU(True)]
     layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, 7), nn.Tanh()]
     return layers
 
 
 class GlobalGenerator(nn.Module):
-    def __init__(self, input_nc=INPUT_NC, output_nc=OUTPUT_NC, ngf=64, n_downsampling=3, n_blocks=9):
+    def __init__(self, input_nc=INPUT_NC, output_nc=OUTPUT_NC, ngf=64, n_downsampling=3, n_blocks=9,
+                 upsample="transpose"):
         super().__init__()
-        self.model = nn.Sequential(*_global_layers(input_nc, output_nc, ngf, n_downsampling, n_blocks))
+        self.model = nn.Sequential(*_global_layers(input_nc, output_nc, ngf, n_downsampling, n_blocks, upsample))
 
     def forward(self, x):
         return self.model(x)
@@ -240,17 +307,18 @@ def _avg_down() -> nn.Module:
 
 class LocalEnhancer(nn.Module):
     def __init__(self, input_nc=INPUT_NC, output_nc=OUTPUT_NC, ngf=32, n_downsample_global=3, n_blocks_global=9,
-                 n_local_enhancers=1, n_blocks_local=3):
+                 n_local_enhancers=1, n_blocks_local=3, upsample="transpose"):
         super().__init__()
         self.n_local_enhancers = n_local_enhancers
-        g1 = _global_layers(input_nc, output_nc, ngf * 2**n_local_enhancers, n_downsample_global, n_blocks_global)
+        g1 = _global_layers(input_nc, output_nc, ngf * 2**n_local_enhancers, n_downsample_global, n_blocks_global,
+                            upsample)
         self.model = nn.Sequential(*g1[:-3])  # G1 without its final pad / conv / tanh
         for n in range(1, n_local_enhancers + 1):
             c = ngf * 2 ** (n_local_enhancers - n)
             front = [nn.ReflectionPad2d(3), nn.Conv2d(input_nc, c, 7), _norm(c), nn.ReLU(True),
                      nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), _norm(2 * c), nn.ReLU(True)]
             back: list[nn.Module] = [ResnetBlock(2 * c) for _ in range(n_blocks_local)]
-            back += [nn.ConvTranspose2d(2 * c, c, 3, stride=2, padding=1, output_padding=1), _norm(c), nn.ReLU(True)]
+            back += [_up(2 * c, c, upsample), _norm(c), nn.ReLU(True)]
             if n == n_local_enhancers:
                 back += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, 7), nn.Tanh()]
             setattr(self, f"model{n}_1", nn.Sequential(*front))
@@ -278,12 +346,15 @@ def init_weights(module: nn.Module) -> None:
 
 def build_generator(config: dict) -> nn.Module:
     check_config(config)
+    config = complete_config(config)
+    cin = generator_input_nc(config)
     if config["netG"] == "global":
-        g = GlobalGenerator(config["input_nc"], config["output_nc"], config["ngf"],
-                            config["n_downsample_global"], config["n_blocks_global"])
+        g = GlobalGenerator(cin, config["output_nc"], config["ngf"], config["n_downsample_global"],
+                            config["n_blocks_global"], config["upsample"])
     else:
-        g = LocalEnhancer(config["input_nc"], config["output_nc"], config["ngf"], config["n_downsample_global"],
-                          config["n_blocks_global"], config["n_local_enhancers"], config["n_blocks_local"])
+        g = LocalEnhancer(cin, config["output_nc"], config["ngf"], config["n_downsample_global"],
+                          config["n_blocks_global"], config["n_local_enhancers"], config["n_blocks_local"],
+                          config["upsample"])
     init_weights(g)
     return g
 
@@ -438,6 +509,42 @@ class VGGLoss(nn.Module):
     def forward(self, x, y):
         fx, fy = self.vgg(self._rgb(x)), self.vgg(self._rgb(y))
         return sum(w * F.l1_loss(a, b.detach()) for w, a, b in zip(self.weights, fx, fy))
+
+
+def transplant(module: nn.Module, state_dict: dict) -> dict:
+    """Copy ``state_dict`` into ``module`` wherever it fits, for warm starts across configs.
+
+    Same-shape tensors are copied. A first convolution that now reads more input channels
+    keeps the old ones and starts the new ones at zero, so the network computes what it did
+    before until training uses them. A transposed-convolution kernel becomes the kernel of
+    the resize-then-convolve layer that replaced it (in/out swapped, flipped), a start that
+    the normalisation after it makes close. Returns counts of copied / adapted / fresh tensors.
+    """
+    own = module.state_dict()
+    new = {}
+    counts = {"copied": 0, "adapted": 0, "fresh": 0}
+    for key, target in own.items():
+        src_key = key if key in state_dict else key.replace(".conv.", ".") if ".conv." in key else None
+        src = state_dict.get(src_key) if src_key else None
+        if src is not None and tuple(src.shape) == tuple(target.shape):
+            new[key] = src.to(target.dtype)
+            counts["copied"] += 1
+        elif src is not None and key != src_key and src.ndim == 4 and \
+                tuple(src.shape) == (target.shape[1], target.shape[0], *target.shape[2:]):
+            new[key] = src.transpose(0, 1).flip(-1, -2).to(target.dtype).contiguous()
+            counts["adapted"] += 1
+        elif src is not None and src.ndim == 4 and src.shape[0] == target.shape[0] and \
+                src.shape[1] < target.shape[1] and src.shape[2:] == target.shape[2:]:
+            t = torch.zeros_like(target)
+            t[:, : src.shape[1]] = src.to(target.dtype)
+            new[key] = t
+            counts["adapted"] += 1
+        else:
+            new[key] = target
+            counts["fresh"] += 1
+    with torch.no_grad():
+        module.load_state_dict(new)
+    return counts
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -43,7 +43,7 @@ from cellgen.checkpoint import load_checkpoint, load_into, save_checkpoint
 from cellgen.datasets.h5 import pixel_size_of
 from cellgen.errors import CellgenError
 from cellgen.fileio import atomic_path
-from cellgen.render import networks
+from cellgen.render import appearance, networks
 from cellgen.render.data import open_pairs
 from cellgen.render.renderer import KIND, resolve_device
 
@@ -163,6 +163,7 @@ def train_renderer(
     threads: int | None = None,
     log=None,
     init_from=None,
+    adapt_init: bool = False,
 ) -> Path:
     """Train (or resume training) a renderer on ``data``; returns the path of ``renderer.pt``.
 
@@ -178,7 +179,13 @@ def train_renderer(
     instead of random ones: a renderer checkpoint (G only; D starts fresh) or a training
     snapshot (G and D); the model config is then the checkpoint's, not ``preset``'s. This is
     how to fine-tune the shipped renderer on a few of your own images, or to give a paused
-    run a new schedule (for example a learning-rate decay phase).
+    run a new schedule (for example a learning-rate decay phase). With ``adapt_init`` the
+    config is ``preset``'s (plus overrides) and the init weights are copied wherever they fit
+    (:func:`cellgen.render.networks.transplant`): a warm start for a changed architecture.
+
+    A config with ``feat_nc`` measures the appearance tables (:mod:`cellgen.render.appearance`)
+    on ``data`` at the start and keeps them with the weights; with ``lambda_perc`` > 0 the
+    EfficientNet-Lite0 perceptual loss (:mod:`cellgen.render.perceptual`) joins the objective.
     """
     old_threads = torch.get_num_threads()
     if threads:
@@ -187,19 +194,22 @@ def train_renderer(
         return _train(data, out_dir, preset, steps=steps, epochs=epochs, batch=batch, seed=seed, device=device,
                       resume=resume, progress=progress, tick=tick, decay_fraction=decay_fraction, augment=augment,
                       vgg_weights=vgg_weights, config_overrides=config_overrides, n_samples=n_samples,
-                      max_minutes=max_minutes, log=log, init_from=init_from)
+                      max_minutes=max_minutes, log=log, init_from=init_from, adapt_init=adapt_init)
     finally:
         torch.set_num_threads(old_threads)
 
 
 def _train(data, out_dir, preset, *, steps, epochs, batch, seed, device, resume, progress, tick, decay_fraction,
-           augment, vgg_weights, config_overrides, n_samples, max_minutes, log, init_from) -> Path:
+           augment, vgg_weights, config_overrides, n_samples, max_minutes, log, init_from, adapt_init) -> Path:
     say = log if log is not None else (tqdm.write if progress else (lambda msg: None))
     out_dir = Path(out_dir)
     dev = resolve_device(device)
     init = _load_init(init_from) if init_from else None
-    config = dict(init["config"], **(config_overrides or {})) if init else \
-        networks.make_config(preset, **(config_overrides or {}))
+    if init and not adapt_init:
+        config = networks.complete_config(dict(init["config"], **(config_overrides or {})))
+        networks.check_config(config)
+    else:
+        config = networks.make_config(preset, **(config_overrides or {}))
     if batch < 1:
         raise CellgenError(f"batch must be >= 1, got {batch}")
     if not 0.0 <= decay_fraction <= 1.0:
@@ -221,7 +231,7 @@ def _train(data, out_dir, preset, *, steps, epochs, batch, seed, device, resume,
         training = {"data": _describe(data), "n_images": n, "steps": total, "niter": niter, "niter_decay": niter_decay,
                     "batch": int(batch), "seed": int(seed), "augment": bool(augment), "crop": [ch, cw],
                     "vgg_weights": str(vgg_weights) if vgg_weights else None,
-                    "init_from": init["describe"] if init else None}
+                    "init_from": init["describe"] if init else None, "adapt_init": bool(init and adapt_init)}
 
         torch.manual_seed(seed)
         G = networks.build_generator(config).to(dev)
@@ -230,13 +240,19 @@ def _train(data, out_dir, preset, *, steps, epochs, batch, seed, device, resume,
         opt_D = torch.optim.Adam(D.parameters(), lr=config["lr"], betas=(config["beta1"], 0.999))
         gan_loss = networks.GANLoss()
         vgg = networks.VGGLoss(vgg_weights).to(dev) if vgg_weights else None
+        perc = None
+        if float(config["lambda_perc"]) > 0:
+            from cellgen.render.perceptual import EffNetPerceptualLoss
+
+            perc = EffNetPerceptualLoss(dev)
+        tables = None
 
         step, wall_before = 0, 0.0
         snap = out_dir / "snapshot.pt"
         if resume and snap.exists():
             ck = load_checkpoint(snap, SNAPSHOT_KIND)
             saved = ck["config"]
-            if saved.get("model") != config:
+            if networks.complete_config(saved.get("model", {})) != config:
                 diff = sorted(k for k in set(config) | set(saved.get("model", {}))
                               if config.get(k) != saved.get("model", {}).get(k))
                 raise CellgenError(f"{snap} was written with another renderer config (differs in: {', '.join(diff)}); "
@@ -246,7 +262,8 @@ def _train(data, out_dir, preset, *, steps, epochs, batch, seed, device, resume,
             if diff:
                 raise CellgenError(f"{snap} was written with other training settings (differs in: {', '.join(diff)}); "
                                    "use another output folder or resume=False to start over")
-            load_into(G, ck["state_dict"], source=f"{snap} (G)")
+            weights, tables = appearance.split_state(ck["state_dict"])
+            load_into(G, weights, source=f"{snap} (G)")
             ex = ck["extra"]
             load_into(D, ex["D"], source=f"{snap} (D)")
             opt_G.load_state_dict(ex["opt_G"])
@@ -255,11 +272,24 @@ def _train(data, out_dir, preset, *, steps, epochs, batch, seed, device, resume,
             step = int(ex["step"])
             wall_before = float(ex.get("wall_s", 0.0))
             say(f"resuming {snap} at step {step} of {total}")
+        elif init and adapt_init:
+            weights, tables = appearance.split_state(init["G"])
+            counts = networks.transplant(G, weights)
+            if init["D"] is not None:
+                networks.transplant(D, init["D"])
+            say(f"starting from the weights of {init_from} where they fit: {counts['copied']} tensors copied, "
+                f"{counts['adapted']} adapted, {counts['fresh']} fresh")
         elif init:
-            load_into(G, init["G"], source=f"{init_from} (G)")
+            weights, tables = appearance.split_state(init["G"])
+            load_into(G, weights, source=f"{init_from} (G)")
             if init["D"] is not None:
                 load_into(D, init["D"], source=f"{init_from} (D)")
             say(f"starting from the weights of {init_from}" + ("" if init["D"] is not None else " (D from scratch)"))
+        if int(config["feat_nc"]) and tables is None:
+            tables = appearance.collect_tables(source, seed=seed)
+            say(f"appearance tables: {len(tables['cells'])} cells, {len(tables['background'])} backgrounds")
+        elif not int(config["feat_nc"]):
+            tables = None
         out_dir.mkdir(parents=True, exist_ok=True)
         logf = out_dir / "log.jsonl"
 
@@ -287,7 +317,8 @@ def _train(data, out_dir, preset, *, steps, epochs, batch, seed, device, resume,
             extra = {"D": _to_cpu(D.state_dict()), "opt_G": _to_cpu(opt_G.state_dict()),
                      "opt_D": _to_cpu(opt_D.state_dict()), "step": int(step), "rng_torch": torch.get_rng_state(),
                      "wall_s": float(wall)}
-            save_checkpoint(snap, SNAPSHOT_KIND, {"model": config, "training": training}, G.state_dict(), extra=extra,
+            save_checkpoint(snap, SNAPSHOT_KIND, {"model": config, "training": training},
+                            appearance.join_state(G.state_dict(), tables), extra=extra,
                             info={"step": int(step), "steps": total, "wall_s": wall})
 
         def write_samples():
@@ -297,7 +328,9 @@ def _train(data, out_dir, preset, *, steps, epochs, batch, seed, device, resume,
             with torch.inference_mode():
                 x = networks.encode_masks(np.stack([s[1] for s in samples]), np.stack([s[2] for s in samples]),
                                           np.stack([s[3] for s in samples]), device=dev)
-                fake = networks.to_unit(G(x)).cpu().numpy()
+                extra = [appearance.extra_inputs(config, tables, s[1], s[2], seed=i) for i, s in enumerate(samples)]
+                gin = x if extra[0] is None else torch.cat([x, torch.from_numpy(np.stack(extra)).to(dev)], 1)
+                fake = networks.to_unit(G(gin)).cpu().numpy()
             G.train()
             write_triptych(out_dir / "samples" / f"step_{step:07d}.png", x, np.stack([s[0] for s in samples]), fake)
 
@@ -316,7 +349,8 @@ def _train(data, out_dir, preset, *, steps, epochs, batch, seed, device, resume,
             img, sem, cel, nuc = _batch(source, step, seed, batch, ch, cw, augment)
             x = networks.encode_masks(sem, cel, nuc, device=dev)
             real = networks.to_tanh(torch.from_numpy(img).to(dev))
-            fake = G(x)
+            extra = appearance.training_inputs(config, img, sem, cel, np.random.default_rng([int(seed), int(step), 1]))
+            fake = G(x if extra is None else torch.cat([x, torch.from_numpy(extra).to(dev)], 1))
 
             # as the official code: D scores detached fake, real and fake with the same
             # (pre-update) weights; then G steps, then D steps
@@ -330,7 +364,9 @@ def _train(data, out_dir, preset, *, steps, epochs, batch, seed, device, resume,
                            networks.feature_matching_loss(pred_fake, pred_real, config["n_layers_D"],
                                                           config["num_D"], config["lambda_feat"]))
             loss_g_vgg = vgg(fake, real) * config["lambda_feat"] if vgg is not None else torch.zeros((), device=dev)
-            loss_g = loss_g_gan + loss_g_feat + loss_g_vgg
+            loss_g_perc = perc(fake, real) * float(config["lambda_perc"]) if perc is not None else \
+                torch.zeros((), device=dev)
+            loss_g = loss_g_gan + loss_g_feat + loss_g_vgg + loss_g_perc
             loss_d = 0.5 * (loss_d_fake + loss_d_real)
             opt_G.zero_grad(set_to_none=True)
             loss_g.backward()
@@ -339,7 +375,7 @@ def _train(data, out_dir, preset, *, steps, epochs, batch, seed, device, resume,
             loss_d.backward()
             opt_D.step()
 
-            losses = {"G_GAN": loss_g_gan, "G_GAN_Feat": loss_g_feat, "G_VGG": loss_g_vgg,
+            losses = {"G_GAN": loss_g_gan, "G_GAN_Feat": loss_g_feat, "G_VGG": loss_g_vgg, "G_perc": loss_g_perc,
                       "D_real": loss_d_real, "D_fake": loss_d_fake}
             vals = {k: float(v.detach()) for k, v in losses.items()}
             if not all(math.isfinite(v) for v in vals.values()):
@@ -356,7 +392,8 @@ def _train(data, out_dir, preset, *, steps, epochs, batch, seed, device, resume,
                 write_samples()
                 means = {k: v / count for k, v in sums.items()}
                 write_log({"event": "tick", "step": step, "lr": lr, "wall_s": round(wall, 3), **means})
-                bar.set_postfix({k: f"{v:.3f}" for k, v in means.items() if k != "G_VGG" or vgg is not None})
+                bar.set_postfix({k: f"{v:.3f}" for k, v in means.items()
+                                 if (k != "G_VGG" or vgg is not None) and (k != "G_perc" or perc is not None)})
                 sums, count = {}, 0
                 if out_of_time and step < total:
                     stopped_early = True
@@ -374,7 +411,7 @@ def _train(data, out_dir, preset, *, steps, epochs, batch, seed, device, resume,
         if pixel_size_of(training["data"]):
             info["pixel_size_um"] = pixel_size_of(training["data"])  # cellgen sample matches scales with it
         final = out_dir / "renderer.pt"
-        save_checkpoint(final, KIND, config, G.state_dict(), info=info)
+        save_checkpoint(final, KIND, config, appearance.join_state(G.state_dict(), tables), info=info)
         write_log({"event": "end", "step": step, "wall_s": round(wall, 3), "renderer": str(final)})
         say(f"renderer written to {final} ({total} steps, {wall / 60:.1f} min)")
         return final
