@@ -1,8 +1,10 @@
 """Where the shipped default checkpoints live, and how a user points elsewhere.
 
 Lookup order for kind ``generator`` / ``renderer``: ``$CELLGEN_GENERATOR`` /
-``$CELLGEN_RENDERER``, then ``$CELLGEN_CHECKPOINTS/{generator,renderer}.pt``, then the
-repository's ``checkpoints/`` folder next to the package.
+``$CELLGEN_RENDERER``, then the folder ``$CELLGEN_CHECKPOINTS``, then the models installed
+with the package (``cellgen/checkpoints/``, which a wheel carries: ``setup.py`` copies the
+files named in :data:`FILES` there, with their model cards), then the repository's
+``checkpoints/`` folder next to the package (a source checkout or an editable install).
 """
 
 from __future__ import annotations
@@ -16,10 +18,14 @@ FILES = {"generator": "contour-generator-small128.pt", "renderer": "renderer-sma
 ENV = {"generator": "CELLGEN_GENERATOR", "renderer": "CELLGEN_RENDERER"}
 
 
+PACKAGED = Path(__file__).resolve().parent / "checkpoints"
+REPOSITORY = Path(__file__).resolve().parent.parent / "checkpoints"
+
+
 def checkpoints_dir() -> Path:
     if os.environ.get("CELLGEN_CHECKPOINTS"):
         return Path(os.environ["CELLGEN_CHECKPOINTS"])
-    return Path(__file__).resolve().parent.parent / "checkpoints"
+    return PACKAGED if PACKAGED.is_dir() else REPOSITORY
 
 
 def default_checkpoint(kind: str) -> Path:

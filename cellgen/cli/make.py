@@ -171,11 +171,13 @@ def preview(file, output, variant, per_tier, no_outlines):
 @cli.command("export")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.argument("out_dir", type=click.Path(file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["tiff", "png"]), default="tiff", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["tiff", "png", "ome-tiff", "ome-zarr"]), default="tiff",
+              show_default=True, help="Files per image and mask (tiff, png), the same as OME-TIFF with the pixel "
+              "size, or one OME-Zarr (NGFF) image per image with labels/cells and labels/nuclei.")
 @click.option("--variants", default=None, help="Variants to export (default: all).")
 @click.option("-q", "--quiet", is_flag=True)
 def export_cmd(file, out_dir, fmt, variants, quiet):
-    """Write a set as one TIFF/PNG file per image and per mask."""
+    """Write a set as files per image and mask (TIFF, PNG, OME-TIFF) or as OME-Zarr images."""
     from cellgen.datasets.export import export_set
 
     export_set(file, out_dir, fmt, parse_list(variants) if variants else None, progress=not quiet)

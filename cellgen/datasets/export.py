@@ -13,6 +13,9 @@ Layout (``NNNNN`` = zero-padded image index)::
     DIR/metadata.csv                one row per image
 
 This is also the layout ``cellgen bench --method predictions`` reads label maps from.
+``ome-tiff`` writes the same layout as ``.ome.tif`` files with the pixel size (the semantic
+map too); ``ome-zarr`` writes one OME-NGFF image per image and variant with its labels
+(see :mod:`cellgen.datasets.ome`).
 
 Public API: :func:`export_set`, :func:`read_label_file`, :func:`mask_file`.
 """
@@ -27,20 +30,25 @@ import numpy as np
 import tifffile
 from tqdm import tqdm
 
-from cellgen.datasets.h5 import CLEAN, METADATA_COLUMNS, BenchmarkSet
+from cellgen.datasets.h5 import CHANNELS, CLEAN, METADATA_COLUMNS, BenchmarkSet
 from cellgen.errors import CellgenError
 from cellgen.fileio import atomic_path
 
-FORMATS = ("tiff", "png")
-_EXT = {"tiff": ".tif", "png": ".png"}
+FORMATS = ("tiff", "png", "ome-tiff", "ome-zarr")
+_EXT = {"tiff": ".tif", "png": ".png", "ome-tiff": ".ome.tif"}
 
 
 def mask_file(root, kind: str, index: int, fmt: str) -> Path:
-    ext = ".png" if kind == "semantic" else _EXT[fmt]
+    ext = ".png" if kind == "semantic" and fmt != "ome-tiff" else _EXT[fmt]
     return Path(root) / "masks" / kind / f"{index:05d}{ext}"
 
 
-def _write_image(path: Path, image: np.ndarray, fmt: str):
+def _write_image(path: Path, image: np.ndarray, fmt: str, pixel_size_um: float | None = None):
+    if fmt == "ome-tiff":
+        from cellgen.datasets.ome import write_ome_tiff
+
+        write_ome_tiff(path, image, "CYX", pixel_size_um, channel_names=CHANNELS)
+        return
     with atomic_path(path) as tmp:
         if fmt == "tiff":
             tifffile.imwrite(tmp, image, photometric="minisblack", metadata={"axes": "CYX"})
@@ -50,7 +58,12 @@ def _write_image(path: Path, image: np.ndarray, fmt: str):
                 raise CellgenError(f"could not write {path}")
 
 
-def _write_labels(path: Path, labels: np.ndarray, fmt: str):
+def _write_labels(path: Path, labels: np.ndarray, fmt: str, pixel_size_um: float | None = None):
+    if fmt == "ome-tiff":
+        from cellgen.datasets.ome import write_ome_tiff
+
+        write_ome_tiff(path, labels if labels.dtype == np.uint8 else labels.astype(np.uint32), "YX", pixel_size_um)
+        return
     with atomic_path(path) as tmp:
         if path.suffix == ".tif":
             tifffile.imwrite(tmp, labels.astype(np.uint32))
@@ -82,6 +95,18 @@ def read_label_file(path) -> np.ndarray:
     return arr
 
 
+def _export_files(ds: BenchmarkSet, out: Path, fmt: str, variants: list[str], progress: bool) -> None:
+    px = ds.pixel_size_um
+    for i in tqdm(range(ds.n), desc=f"exporting to {out}", unit="img", disable=not progress):
+        for v in variants:
+            folder = out / "images" if v == CLEAN else out / "noisy" / v
+            _write_image(folder / f"{i:05d}{_EXT[fmt]}", ds.images(i, v), fmt, px)
+        m = ds.masks(i)
+        _write_labels(mask_file(out, "semantic", i, fmt), m.semantic, fmt, px)
+        for kind in ds.compartments:  # a nucleus-only set has no cell masks to give
+            _write_labels(mask_file(out, kind, i, fmt), getattr(m, kind), fmt, px)
+
+
 def export_set(path, out_dir, fmt: str = "tiff", variants: list[str] | None = None, progress: bool = True) -> Path:
     if fmt not in FORMATS:
         raise CellgenError(f"unknown export format '{fmt}'; choose from: {', '.join(FORMATS)}")
@@ -92,14 +117,12 @@ def export_set(path, out_dir, fmt: str = "tiff", variants: list[str] | None = No
         variants = list(ds.variants) if variants is None else variants
         for v in variants:
             ds.require_variant(v)
-        for i in tqdm(range(ds.n), desc=f"exporting to {out}", unit="img", disable=not progress):
-            for v in variants:
-                folder = out / "images" if v == CLEAN else out / "noisy" / v
-                _write_image(folder / f"{i:05d}{_EXT[fmt]}", ds.images(i, v), fmt)
-            m = ds.masks(i)
-            _write_labels(mask_file(out, "semantic", i, fmt), m.semantic, fmt)
-            for kind in ds.compartments:  # a nucleus-only set has no cell masks to give
-                _write_labels(mask_file(out, kind, i, fmt), getattr(m, kind), fmt)
+        if fmt == "ome-zarr":
+            from cellgen.datasets.ome import export_ome_zarr
+
+            export_ome_zarr(ds, out, variants, progress=progress)
+        else:
+            _export_files(ds, out, fmt, variants, progress)
         meta = ds.metadata
         with atomic_path(out / "metadata.csv") as tmp:
             with open(tmp, "w", newline="") as fh:
