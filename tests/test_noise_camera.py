@@ -245,3 +245,36 @@ def test_cellpose3_variant_noise_level(sim):
     assert out.dtype == np.uint16 and out.shape == clean.shape and np.all(snr < 15)
     assert c3.cellpose_diameter(sim.cell) == pytest.approx(
         np.median(np.sqrt(np.bincount(sim.cell.ravel())[1:])) / (np.sqrt(np.pi) / 2))
+
+
+def test_bench_reports_scores_per_snr_tier_and_density_x_snr(tmp_path):
+    import csv
+
+    from cellgen.bench.noise_axis import write_noise_axis
+    from cellgen.bench.report import summarise
+    from cellgen.bench.runner import load_records, run_bench
+    from cellgen.datasets.h5 import BenchmarkSet
+
+    config = SimulationConfig(size=64, count=(1, 8), cell_radius_um=5)
+    names = ["clean", *noise.ladder("ccd-icx285", [20, 5000])]
+    data = simulate_set(tmp_path / "s.h5", config, 4, variants=names, progress=False)
+    with BenchmarkSet(data) as ds:
+        tiers = list(ds.tier_scheme.names)
+        expected = {(i, v): noise.snr_tier_of(ds, i, v) for i in range(4) for v in names}
+    out = run_bench(data, "watershed", tmp_path / "r", progress=False)
+    records = load_records(out)
+    assert {(r["index"], r["variant"]): r["snr_tier"] for r in records} == expected
+    run = json.loads((out / "run.json").read_text())
+    # records written before SNR tiers existed get theirs from the set
+    write_noise_axis(out, [{k: v for k, v in r.items() if k != "snr_tier"} for r in records], run, tiers, n_boot=20)
+    summary = {(r["compartment"], r["variant"], r["tier"]): r for r in summarise(records, tiers, n_boot=5)}
+    with open(out / "snr.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert (out / "density_x_snr.png").stat().st_size > 5000
+    for comp in ("cell", "nucleus"):
+        per_snr = [r for r in rows if r["compartment"] == comp and r["tier"] == "all"]
+        assert sum(int(r["n_images"]) for r in per_snr) == len(records)
+        clean = next(r for r in per_snr if r["snr_tier"] == "clean")
+        assert float(clean["f1@0.5"]) == pytest.approx(summary[(comp, "clean", "all")]["f1@0.5"])
+        cells = [r for r in rows if r["compartment"] == comp and r["tier"] != "all"]
+        assert sum(int(r["n_images"]) for r in cells) == len(records)

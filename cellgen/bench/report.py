@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cellgen.bench import crowding, linkage, metrics
+from cellgen.bench import noise_axis
 from cellgen.bench.runner import RUN, load_records
 from cellgen.errors import CellgenError
 from cellgen.fileio import atomic_path
@@ -134,6 +135,7 @@ def write_reports(results_dir, tier_names, n_boot: int = 1000) -> list[dict]:
         tmp.write_text(json.dumps({"run": run, "tiers": list(tier_names), "metric_definitions": METRIC_DEFINITIONS,
                                    "summary": rows}, indent=2))
     plot_summary({_label(run): rows}, out / "summary.png", list(tier_names))
+    noise_axis.write_noise_axis(out, records, run, tier_names, n_boot=n_boot, label=_label(run))
     crowding.write_crowding(out, records, label=_label(run))
     return rows
 

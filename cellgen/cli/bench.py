@@ -55,6 +55,10 @@ def bench(ctx, method, data, output, model, nuclei_model, diameter, predictions,
         tier_names = list(ds.tier_scheme.names)
     rows = write_reports(out, tier_names, n_boot=n_boot)
     click.echo(format_table(rows))
+    from cellgen.bench.noise_axis import format_snr_table, read_snr_rows
+
+    if read_snr_rows(out):  # per SNR tier x density tier: snr.csv, density_x_snr.png
+        click.echo("\nper SNR tier (snr.csv, density_x_snr.png):\n" + format_snr_table(read_snr_rows(out)))
 
     click.echo(f"results in {out}/ (per_image.csv, summary.csv, summary.json, summary.png, crowding.csv, crowding.png)")
 

@@ -52,7 +52,9 @@ def info(target, as_json):
     click.echo(f"  tiers ({data['tier_scheme']['measure']} thresholds {data['tier_scheme']['thresholds']}): "
                + ", ".join(f"{k} {v}" for k, v in data["tiers"].items()))
     for v, s in data["variants"].items():
-        click.echo(f"  variant {v}: " + (f"SNR {s['snr_db_mean']:.1f} dB; {s['params']}" if s else "noise-free"))
+        click.echo(f"  variant {v}: " + (f"SNR {s['snr_db_mean']:.1f} dB; {s['description']}; SNR tiers "
+                                         + ", ".join(f"{t} {n}" for t, n in s["snr_tiers"].items() if n)
+                                         if s else "noise-free"))
     for k in ("cellgen_version", "command", "generator_sha256", "renderer_sha256"):
         click.echo(f"  {k}: {data['provenance'].get(k) or '-'}")
 

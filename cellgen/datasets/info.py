@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 
+from cellgen import noise
 from cellgen.datasets.h5 import CLEAN, BenchmarkSet
 
 
@@ -18,7 +19,11 @@ def set_info(path) -> dict:
                 variants[v] = None
             else:
                 snr = ds.snr_db(v)
-                variants[v] = {"params": json.loads(ds.noise_params(v)), "snr_db_mean": float(np.mean(snr))}
+                text = ds.noise_params(v)
+                tiers = noise.snr_tiers_of(ds, v)
+                variants[v] = {"params": json.loads(text), "snr_db_mean": float(np.mean(snr)),
+                               "description": noise.describe(noise.params_from_json(text)),
+                               "snr_tiers": {t: int((tiers == t).sum()) for t in noise.set_snr_scheme(ds).names}}
         attrs = ds.attrs
         counts = meta["count"]
         return {
@@ -31,6 +36,7 @@ def set_info(path) -> dict:
             "cells_per_image": {"min": float(counts.min(initial=0)), "max": float(counts.max(initial=0)),
                                 "mean": float(counts.mean()) if counts.size else 0.0},
             "variants": variants,
+            "snr_tier_scheme": json.loads(noise.set_snr_scheme(ds).to_json()),
             "provenance": {k: attrs.get(k, "") for k in
                            ("cellgen_version", "schema_version", "command", "recipe", "generator_sha256", "renderer_sha256")},
         }

@@ -25,10 +25,10 @@ from cellgen.noise.cellpose3 import CellPose3Params, cellpose_diameter, degrade
 from cellgen.noise.legacy import PRESETS, NoiseParams, variant_seed
 from cellgen.noise.optics import OpticsParams
 from cellgen.noise.tiers import CLEAN_TIER, DEFAULT_SNR_TIERS, SNRTierScheme
-from cellgen.noise.variants import is_classic, ladder, params_from_json, resolve, resolve_all, variant_names
+from cellgen.noise.variants import describe, is_classic, ladder, params_from_json, resolve, resolve_all, variant_names
 
 __all__ = [
-    "Acquisition", "CAMERAS", "CELLPOSE3_RECIPES", "CLEAN_TIER", "CameraParams", "CellPose3Params",
+    "Acquisition", "CAMERAS", "describe", "CELLPOSE3_RECIPES", "CLEAN_TIER", "CameraParams", "CellPose3Params",
     "DEFAULT_SNR_TIERS", "NoiseParams", "OpticsParams", "PRESETS", "SNRTierScheme", "apply_noise",
     "get_preset", "is_classic", "ladder", "params_from_json", "resolve", "resolve_all", "variant_names",
     "variant_seed",
@@ -105,3 +105,10 @@ def snr_tiers_of(ds, variant: str) -> np.ndarray:
     scheme = set_snr_scheme(ds)
     snr = ds.snr_db(variant)
     return np.array([scheme.assign(row) for row in snr], dtype=object)
+
+
+def snr_tier_of(ds, index: int, variant: str) -> str:
+    """SNR tier of one image of one variant of an open set (``clean`` for clean images)."""
+    if variant == CLEAN_TIER:
+        return CLEAN_TIER
+    return set_snr_scheme(ds).assign(ds.snr_db(variant)[int(index)])

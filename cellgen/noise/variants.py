@@ -12,7 +12,7 @@ Names accepted wherever variants are named (``--variants``):
   ``cellpose3-deblur``, ``cellpose3-upsample``.
 
 Public API: :func:`resolve`, :func:`resolve_all`, :func:`ladder`, :func:`params_from_json`,
-:func:`is_classic`, :func:`variant_names`.
+:func:`is_classic`, :func:`variant_names`, :func:`describe`.
 """
 
 from __future__ import annotations
@@ -110,3 +110,31 @@ def params_from_json(text: str):
     except (KeyError, TypeError, ValueError) as err:
         raise CellgenError(f"unreadable noise parameters {text!r}: {err}") from None
     return NoiseParams.from_json(text)
+
+
+def describe(params) -> str:
+    """One line on what a variant's parameters are (for listings; the JSON has everything)."""
+    if params is None:
+        return "noise-free"
+    if isinstance(params, NoiseParams):
+        read = f", read noise {params.read_sigma:g} e-" if params.read_sigma else ""
+        return (f"classic: {params.photons:g} photons at peak, {'Poisson' if params.poisson else 'no shot noise'}"
+                f"{read}, background {params.background_photons:g}, gain {params.gain:g} ADU/e-, "
+                f"offset {params.offset:g}")
+    if isinstance(params, Acquisition):
+        o = params.optics
+        optics = []
+        if o.na:
+            optics.append(f"Gaussian PSF NA {o.na:g} at {'/'.join(f'{w:g}' for w in o.emission_nm)} nm")
+        if o.psf_file:
+            optics.append(f"PSF file {o.psf_file}")
+        for name, value in (("bleached", o.bleached_fraction), ("haze", o.haze_fraction),
+                            ("vignetting", o.vignetting)):
+            if value:
+                optics.append(f"{name} {value:g}")
+        return (f"camera {params.camera.name}: {params.photons:g} photons/px at peak, background "
+                f"{params.background_photons:g}, exposure {params.exposure_s:g} s; optics: "
+                f"{', '.join(optics) or 'none'}")
+    if isinstance(params, CellPose3Params):
+        return f"CellPose 3 degradations, recipe '{params.recipe}'"
+    return type(params).__name__
