@@ -8,6 +8,7 @@ HTTP server on 127.0.0.1 with CellPose's model address pointed at it.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import time
@@ -252,16 +253,16 @@ def test_builtin_weights_download_on_first_use(trained, empty_cache, model_serve
     assert (empty_cache / "cyto3").read_bytes() == weights
     assert sorted(p.name for p in empty_cache.iterdir()) == ["cyto3", "size_cyto3.npy"]  # no leftovers
     assert "downloading the 'cyto3' model file cyto3 from http://127.0.0.1" in capsys.readouterr().err
-    d = method.describe()
-    assert d["downloaded"] == {"cyto3": model_server.url + "/models/cyto3",
-                               "size_cyto3.npy": model_server.url + "/models/size_cyto3.npy"}
+    assert method.downloaded == {"cyto3": model_server.url + "/models/cyto3",
+                                 "size_cyto3.npy": model_server.url + "/models/size_cyto3.npy"}
+    assert method.describe()["weights_sha256"]["cell"] == hashlib.sha256(weights).hexdigest()
     # the files are byte for byte the served ones; test_builtin_names_load_from_the_cache_without_download
     # shows these very bytes under these names segment well (not repeated here: ~20 s of CPU)
     assert method._specs["cell"].weights == empty_cache / "cyto3"
 
     again = get_method("cellpose", model="cyto3", nuclei_model=None)
     again.check()
-    assert len(model_server.log) == 2 and again.describe()["downloaded"] == {}
+    assert len(model_server.log) == 2 and again.downloaded == {}
 
 
 @pytest.mark.parametrize("route, why", [

@@ -135,9 +135,14 @@ def test_check_without_weights_names_what_is_missing(side_env, monkeypatch, tmp_
     msg = _single_line_error(info.value)
     assert "DEEPCELL_ACCESS_TOKEN is not set" in msg
     assert str(tmp_path / ".deepcell" / "models" / "MultiplexSegmentation-9.tar.gz") in msg
-    # with a token, check() has nothing to object to (the download itself needs internet)
+    # with a token, check() downloads the weights itself; offline that is one line too
+    from cellgen.bench import weights
+    from tests.local_http import closed_port_url
+
+    monkeypatch.setattr(weights, "DEEPCELL_API", closed_port_url() + "/api/getData/")
     monkeypatch.setenv("DEEPCELL_ACCESS_TOKEN", "dummy")
-    m.check()
+    with pytest.raises(MethodUnavailable, match="cannot reach"):
+        m.check()
 
 
 @needs_py310

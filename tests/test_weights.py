@@ -81,3 +81,34 @@ def test_stalled_download_gives_up_after_the_timeout(tmp_path):
         server.close()
     assert time.perf_counter() - t0 < 10
     assert list(tmp_path.iterdir()) == []
+
+
+def test_mesmer_check_downloads_its_weights_once(deepcell_service, tmp_path, monkeypatch):
+    """DeepCellMesmer.check fetches the missing archive (md5-checked) before any image; the
+    side environment itself is not needed for that and is stood in for by a folder."""
+    from cellgen.bench.methods import MethodUnavailable
+    from cellgen.bench.methods import deepcell as dc
+
+    monkeypatch.setattr(dc, "find_deepcell_env", lambda: tmp_path / "env")
+    monkeypatch.setattr(dc, "MESMER_WEIGHTS_MD5", hashlib.md5(PAYLOAD).hexdigest())
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("DEEPCELL_ACCESS_TOKEN", "wrong")
+    with pytest.raises(MethodUnavailable, match=r"refused DEEPCELL_ACCESS_TOKEN \(HTTP 403\)"):
+        dc.DeepCellMesmer().check()
+    monkeypatch.setenv("DEEPCELL_ACCESS_TOKEN", TOKEN)
+    dc.DeepCellMesmer(download_timeout=5).check()
+    assert dc.mesmer_weights_path() == tmp_path / ".deepcell" / "models" / "MultiplexSegmentation-9.tar.gz"
+    assert dc.mesmer_weights_path().read_bytes() == PAYLOAD
+    n = len(deepcell_service.log)
+    dc.DeepCellMesmer().check()  # cached with the right md5: no request
+    assert len(deepcell_service.log) == n
+
+
+def test_mesmer_image_mpp_must_be_the_sets_pixel_size():
+    from cellgen.bench.methods import deepcell as dc
+    from cellgen.errors import CellgenError
+
+    assert dc.DeepCellMesmer().settings_for_set(0.65) == {"image_mpp": 0.65, "model_mpp": 0.5, "rescale_factor": 1.3}
+    assert dc.DeepCellMesmer(image_mpp=0.5).settings_for_set(0.5)["image_mpp"] == 0.5
+    with pytest.raises(CellgenError, match="image_mpp 0.65 differs from the set's pixel size 0.5"):
+        dc.DeepCellMesmer(image_mpp=0.65).settings_for_set(0.5)

@@ -181,7 +181,8 @@ class CellPose(Method):
         if not download_timeout or not float(download_timeout) > 0:
             raise CellgenError(f"cellpose: download_timeout must be a positive number of seconds, got {download_timeout}")
         self.download_timeout = float(download_timeout)
-        self.downloaded: dict[str, str] = {}  # file name -> address, for the results' metadata
+        # file name -> address fetched from; not in describe(): a resumed run finds the file cached
+        self.downloaded: dict[str, str] = {}
         self.compartments = tuple(c for c, m in (("cell", self.model), ("nucleus", self.nuclei_model)) if m is not None)
         self._specs: dict[str, _Model] = {}
         self._loaded: dict[str, object] = {}
@@ -235,7 +236,6 @@ class CellPose(Method):
             "nuclei_model": self.nuclei_model,
             "weights": resolved,
             "weights_sha256": digests,
-            "downloaded": dict(self.downloaded),
             "diameter": self.diameter,
             "diameter_um": self.diameter_um,
             "nucleus_diameter": self.nucleus_diameter,

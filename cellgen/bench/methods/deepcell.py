@@ -7,6 +7,9 @@ the model once and segments many images. This module is the adapter.
 Environment variables: ``CELLGEN_HOME`` and ``CELLGEN_PYTHON310`` (see ``deepcell_env``), and
 ``DEEPCELL_ACCESS_TOKEN``, deepcell's own token, needed only to download Mesmer's weights when
 no model path is given and ``~/.deepcell/models/MultiplexSegmentation-9.tar.gz`` is not cached.
+:meth:`DeepCellMesmer.check` then downloads the archive itself, before any image, with a
+bounded wait, a progress bar and an md5 check (:func:`cellgen.bench.weights.fetch_deepcell_asset`),
+so deepcell in the worker finds it cached; a missing or refused token is one clear line.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cellgen.bench import weights as weights_download
 from cellgen.bench.methods.base import Method, MethodUnavailable, Segmentation, check_image
 from cellgen.bench.methods.deepcell_env import (
     DEEPCELL_VERSION,
@@ -66,13 +70,15 @@ class DeepCellMesmer(Method):
         else a download that needs ``DEEPCELL_ACCESS_TOKEN`` and internet).
     ``image_mpp``
         microns per pixel handed to Mesmer (it rescales to its 0.5 µm/px); default: the pixel
-        size given to :meth:`segment`.
+        size given to :meth:`segment`. A bench refuses a value other than the set's pixel size.
     ``compartment``
         ``both`` (default), ``whole-cell`` or ``nuclear``.
     ``timeout`` / ``startup_timeout``
         seconds one image / the worker start (TensorFlow import + model load) may take.
     ``progress``
         show the env setup (pip) and the worker's logs on stderr.
+    ``download_timeout``
+        seconds a connect or read of the weights download may stall (60).
 
     The env is created on the first :meth:`segment` if missing (``cellgen bench setup deepcell``
     does it ahead); the worker starts on the first image and lives until :meth:`close`.
@@ -91,6 +97,7 @@ class DeepCellMesmer(Method):
         startup_timeout: float = 600.0,
         batch_size: int = 4,
         progress: bool | str = False,
+        download_timeout: float = weights_download.DEFAULT_TIMEOUT,
     ):
         self.model = str(Path(model).expanduser().resolve()) if model not in (None, "") else None
         try:
@@ -110,6 +117,10 @@ class DeepCellMesmer(Method):
         self.startup_timeout = float(startup_timeout)
         self.batch_size = int(batch_size)
         self.progress = progress.strip().lower() in ("1", "true", "yes", "on") if isinstance(progress, str) else bool(progress)
+        if not download_timeout or not float(download_timeout) > 0:
+            raise CellgenError(f"deepcell: download_timeout must be a positive number of seconds, got {download_timeout}")
+        self.download_timeout = float(download_timeout)
+        self.downloaded: str | None = None
         self.worker: MesmerWorker | None = None
         self.workers_started = 0
         self._load_error: CellgenError | None = None
@@ -126,18 +137,25 @@ class DeepCellMesmer(Method):
         weights = mesmer_weights_path()
         token = os.environ.get("DEEPCELL_ACCESS_TOKEN")
         if weights.is_file():
-            if _md5(weights) == MESMER_WEIGHTS_MD5 or token:
-                return  # cached (or deepcell will re-download it with the token)
-            raise MethodUnavailable(
-                f"deepcell: cached Mesmer weights {weights} fail their md5 check and DEEPCELL_ACCESS_TOKEN is "
-                "not set to download them again: delete the file and set the token, or pass model=PATH"
-            )
-        if not token:
+            if _md5(weights) == MESMER_WEIGHTS_MD5:
+                return
+            if not token:
+                raise MethodUnavailable(
+                    f"deepcell: cached Mesmer weights {weights} fail their md5 check and DEEPCELL_ACCESS_TOKEN is "
+                    "not set to download them again: delete the file and set the token, or pass model=PATH"
+                )
+        elif not token:
             raise MethodUnavailable(
                 f"deepcell: no Mesmer weights: DEEPCELL_ACCESS_TOKEN is not set and no cached weights file at "
                 f"{weights} (where deepcell looks); set the token (https://users.deepcell.org; the download "
                 "needs internet) or pass model=PATH"
             )
+        try:  # fetched here, not by deepcell in the worker: bounded waits and one clear line
+            weights_download.fetch_deepcell_asset(MESMER_WEIGHTS_KEY, weights, md5=MESMER_WEIGHTS_MD5, token=token,
+                                                  timeout=self.download_timeout)
+        except weights_download.DownloadError as err:
+            raise MethodUnavailable(str(err)) from None
+        self.downloaded = weights_download.DEEPCELL_API
 
     def describe(self) -> dict:
         info = self.worker.info if self.worker is not None else {}
@@ -152,7 +170,20 @@ class DeepCellMesmer(Method):
             "image_mpp": self.image_mpp if self.image_mpp is not None else "pixel size of each image",
             "compartment": self.compartment,
             "batch_size": self.batch_size,
+            "channels": {"nuclear": "nucleus (0)", "membrane": "cytoplasm (1)"},
+            # not overridden: deepcell's pinned version fixes them (they changed between releases)
+            "preprocess_postprocess": f"Mesmer.predict defaults of deepcell {DEEPCELL_VERSION}",
         }
+
+    def settings_for_set(self, pixel_size_um: float) -> dict:
+        # Mesmer rescales by image_mpp / 0.5; a value that is not the set's pixel size
+        # silently segments the images at the wrong scale
+        if self.image_mpp is not None and abs(self.image_mpp - pixel_size_um) > 1e-6 * pixel_size_um:
+            raise CellgenError(f"deepcell: image_mpp {self.image_mpp:g} differs from the set's pixel size "
+                               f"{pixel_size_um:g} um/px, so Mesmer would rescale the images wrongly; "
+                               "leave image_mpp unset (it follows the set)")
+        mpp = float(pixel_size_um if self.image_mpp is None else self.image_mpp)
+        return {"image_mpp": mpp, "model_mpp": MESMER_MODEL_MPP, "rescale_factor": mpp / MESMER_MODEL_MPP}
 
     # ---- work
 
