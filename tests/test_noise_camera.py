@@ -45,6 +45,20 @@ def test_poisson_inversion_is_exact_and_monotone():
     assert (poisson_quantile(u, mu * 1.002) >= k).all()
 
 
+def test_gamma_inversion_is_close_to_exact_and_monotone_in_electrons():
+    from scipy import special
+
+    from cellgen.noise.sampling import gamma_quantile
+
+    rng = np.random.default_rng(2)
+    u = rng.random(20000)
+    n = np.floor(rng.random(20000) * 400)
+    q = gamma_quantile(u, n, 300.0)
+    exact = np.where(n > 0, special.gammaincinv(np.maximum(n, 1), u), 0) * 300.0
+    assert np.allclose(q, exact, rtol=2e-3) and (q[n == 0] == 0).all()
+    assert (gamma_quantile(u, n + 1, 300.0) > q).all()  # also across the switch to Wilson-Hilferty
+
+
 def test_ccd_flat_field_mean_and_variance_follow_the_chain():
     acq = noise.Acquisition(CCD, photons=800)
     adu, _ = noise.apply_noise(_flat(), acq, 0)
