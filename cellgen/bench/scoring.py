@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 
 from cellgen import noise
-from cellgen import noise
 from cellgen.bench import crowding, linkage, metrics
 from cellgen.bench.border import drop_border_objects
 from cellgen.bench.methods.base import Method, Segmentation, check_image
@@ -89,7 +88,6 @@ def score_unit(ds, method: Method, index: int, variant: str, compartments, exclu
         "index": int(index),
         "variant": variant,
         "tier": str(ds.metadata["tier"][index]),
-        "snr_tier": noise.snr_tier_of(ds, index, variant),
         "snr_tier": noise.snr_tier_of(ds, index, variant),
         "seconds": seconds,
         "scores": encode_scores(scores),
