@@ -43,6 +43,8 @@ def save_checkpoint(path, kind: str, config: dict, state_dict: dict, extra: dict
 
     def prepare(t):
         t = t.detach().cpu()
+        if t.dtype == torch.float64:  # a model sampling in float64 still stores float32 weights
+            t = t.float()
         return t.half() if half and t.is_floating_point() else t.clone()
 
     payload = {

@@ -15,3 +15,15 @@ def resolve_device(device) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise CellgenError(f"unsupported device '{device}'; use cpu or cuda")
     return dev
+
+
+#: inference precisions of the learned models; float64 makes sets the same on every CPU
+PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    """``float64`` or ``float32`` -> the torch dtype the models sample in."""
+    try:
+        return PRECISIONS[precision]
+    except KeyError:
+        raise CellgenError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}") from None

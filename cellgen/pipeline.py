@@ -258,11 +258,17 @@ def generated_set(path, generator, pairs: list[tuple[int, float]], *, renderer=N
     check_noise_mode(noise_mode)
     recipe = {"source": "stylegan2", "size": size, "pairs": [list(p) for p in pairs], "generator_sha256": generator.sha256,
               "renderer_sha256": renderer.sha256 if renderer is not None else "", "noise_mode": noise_mode,
-              **(recipe_extra or {})}
+              "precision": _precision(generator, renderer), **(recipe_extra or {})}
     kwargs["extra_attrs"] = dict(kwargs.get("extra_attrs") or {}, noise_mode=noise_mode)
     return write_set(path, len(pairs), source, image_size=(size, size), pixel_size_um=pixel_size_um,
                      with_images=renderer is not None, recipe=recipe, generator_sha256=generator.sha256,
                      renderer_sha256=renderer.sha256 if renderer is not None else "", **kwargs)
+
+
+def _precision(generator, renderer) -> dict:
+    """The float precision each model computed in: part of what decides a set's content."""
+    return {k: getattr(m, "precision", "float32") for k, m in (("generator", generator), ("renderer", renderer))
+            if m is not None}
 
 
 def rendered_set(path, masks_set, renderer, *, batch_size: int = 8, **kwargs):
@@ -287,7 +293,8 @@ def rendered_set(path, masks_set, renderer, *, batch_size: int = 8, **kwargs):
                                       str(meta["source"][k]))
         return cache[i]
 
-    recipe = {"source": "render", "masks_set_sha256": sha256_of(masks_set), "renderer_sha256": renderer.sha256}
+    recipe = {"source": "render", "masks_set_sha256": sha256_of(masks_set), "renderer_sha256": renderer.sha256,
+              "precision": _precision(None, renderer)}
     try:
         return write_set(path, src.n, source, image_size=src.image_size, pixel_size_um=src.pixel_size_um,
                          tiers=src.tier_scheme, recipe=recipe, renderer_sha256=renderer.sha256,

@@ -137,12 +137,12 @@ def test_shipped_registry_entries_are_complete():
             assert not e["urls"]  # nothing is published yet: no invented addresses
 
 
-def test_build_small_standard_set_twice_gives_registered_sha(tmp_path, monkeypatch):
+def test_build_small_standard_set_gives_registered_sha(tmp_path, monkeypatch):
+    # the simulator uses no float kernels that depend on the CPU: the bytes themselves match
     monkeypatch.delenv("CELLGEN_REGISTRY", raising=False)
     expected = registry.resolve("sim-graded-small")[2]["sha256"]
-    for k in range(2):
-        path, digest = registry.build("sim-graded-small", tmp_path / f"b{k}.h5", progress=False)
-        assert digest == expected and sha256_of(path) == expected
+    path, digest, check = registry.build("sim-graded-small", tmp_path / "b0.h5", progress=False)
+    assert digest == expected and sha256_of(path) == expected and check.startswith("sha256 identical")
     summary = verify(tmp_path / "b0.h5")
     assert summary["tiers"] == {"low": 10, "medium": 10, "high": 10}
 
@@ -180,10 +180,10 @@ def _sampled_registry(folder, tmp_path, gen_sha=None):
 def test_sample_recipe_builds_the_same_bytes_twice(tiny_checkpoints, tmp_path, monkeypatch):
     monkeypatch.setenv("CELLGEN_CHECKPOINTS", str(tiny_checkpoints))
     reg = _sampled_registry(tiny_checkpoints, tmp_path)
-    path, digest = registry.build("gen", tmp_path / "a.h5", check=False, progress=False, registry=reg)
+    path, digest, _ = registry.build("gen", tmp_path / "a.h5", check=False, progress=False, registry=reg)
     reg["sets"]["gen"]["versions"]["1"]["sha256"] = digest
-    path2, digest2 = registry.build("gen", tmp_path / "b.h5", progress=False, registry=reg)
-    assert digest2 == digest
+    path2, digest2, check = registry.build("gen", tmp_path / "b.h5", progress=False, registry=reg)
+    assert digest2 == digest and check.startswith("sha256 identical")
     summary = verify(path2)
     assert summary["n_images"] == 12 and summary["image_size"] == [64, 64]
 
@@ -211,13 +211,14 @@ def test_standard_sets_name_the_shipped_checkpoints():
     assert sampled["paper-protocol"]["seeds"] == [0, 299] and sampled["paper-protocol-small"]["seeds"] == [0, 19]
 
 
-def test_build_small_paper_protocol_set_twice_gives_registered_sha(tmp_path, monkeypatch):
+def test_build_small_paper_protocol_set_is_the_registered_set(tmp_path, monkeypatch):
+    # float32 rendering rounds differently on other CPUs: the build is held to the registered
+    # sha256 or, failing that, to the registered fingerprint (docs/format.md)
     for var in ("CELLGEN_REGISTRY", "CELLGEN_CHECKPOINTS", "CELLGEN_GENERATOR", "CELLGEN_RENDERER"):
         monkeypatch.delenv(var, raising=False)
-    expected = registry.resolve("paper-protocol-small")[2]["sha256"]
-    for k in range(2):
-        path, digest = registry.build("paper-protocol-small", tmp_path / f"p{k}.h5", progress=False)
-        assert digest == expected
+    entry = registry.resolve("paper-protocol-small")[2]
+    path, digest, check = registry.build("paper-protocol-small", tmp_path / "p0.h5", progress=False)
+    assert check.startswith("sha256 identical") if digest == entry["sha256"] else check.startswith("fingerprint")
     summary = verify(tmp_path / "p0.h5")
     assert summary["n_images"] == 100 and summary["variants"] == ["clean", "gaussian", "poisson"]
     assert all(n > 0 for n in summary["tiers"].values())

@@ -18,14 +18,19 @@ def datasets():
 
 @datasets.command()
 @click.argument("target")
-def verify(target):
+@click.option("--against", metavar="NAME|FILE",
+              help="Also compare array by array with a registered set's fingerprint (NAME[@VERSION]) or with "
+                   "another set file: one line per array, exit 1 when they are not the same set.")
+def verify(target, against):
     """Check a set (FILE or registered NAME): checksum, schema, shapes, dtypes, masks, tiers."""
-    from cellgen.checkpoint import sha256_of
+    from cellgen.datasets import registry
     from cellgen.datasets.h5 import verify as verify_set
 
     path, entry = set_file(target)
-    if entry is not None and entry.get("sha256") and sha256_of(path) != entry["sha256"]:
+    if entry is not None and not registry.is_registered_file(path, entry):
         raise CellgenError(f"{path} does not match the registered sha256 of {target}: corrupt or altered")
+    if against:
+        _compare_with(path, against)
     summary = verify_set(path)
     tiers = " ".join(f"{k}:{v}" for k, v in summary["tiers"].items())
     click.echo(
@@ -97,11 +102,34 @@ def datasets_download(name, url, quiet):
 @click.option("--no-check", is_flag=True, help="Keep the result even if its sha256 differs from the registry.")
 @click.option("-q", "--quiet", is_flag=True)
 def datasets_build(name, output, no_check, quiet):
-    """Rebuild NAME[@VERSION] from its recipe and check it has the registered sha256."""
+    """Rebuild NAME[@VERSION] from its recipe and check it is the registered set: the registered
+    sha256, or (on a CPU that rounds differently) a matching fingerprint; see docs/format.md."""
     from cellgen.datasets import registry
 
-    path, digest = registry.build(name, output, check=not no_check, progress=not quiet)
-    click.echo(f"built {path}\nsha256 {digest}")
+    built = registry.build(name, output, check=not no_check, progress=not quiet)
+    click.echo(f"built {built.path}\nsha256 {built.sha256}\naccepted: {built.check}")
+
+
+def _compare_with(path, against: str) -> None:
+    """``verify --against``: one line per array, then the verdict; exit 1 unless the same set."""
+    from pathlib import Path
+
+    from cellgen.datasets import fingerprint, registry
+
+    if Path(against).exists() or against.endswith((".h5", ".hdf5")):
+        checks, reference = fingerprint.compare_files(path, against), against
+    else:
+        name, version, entry = registry.resolve(against)
+        if not entry.get("fingerprint"):
+            raise CellgenError(f"{name}@{version} has no registered fingerprint to compare with")
+        checks = fingerprint.compare(fingerprint.fingerprint(path), entry["fingerprint"])
+        reference = f"registered {name}@{version}"
+    for c in checks:
+        click.echo(f"  {c.line()}")
+    line = fingerprint.summary_line(checks, reference)
+    if not all(c.ok for c in checks):
+        raise CellgenError(f"{path} {line}")
+    click.echo(f"{path}: {line}")
 
 
 @datasets.command("real")

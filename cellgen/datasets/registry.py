@@ -4,7 +4,16 @@ with resume and checksum, and deterministic rebuilds from a set's recipe.
 The registry (``cellgen/data/registry.json``, or the file named by ``CELLGEN_REGISTRY``)
 lists sets by name and version with their sha256, size, schema version, license, citation,
 download addresses (``urls``, ``mirrors``; empty until a set is published somewhere real) and
-the ``recipe`` that rebuilds the set byte for byte.
+the ``recipe`` that rebuilds the set and its ``fingerprint`` (:mod:`cellgen.datasets.fingerprint`).
+Names and versions are checked when the registry is read (letters, digits, ``.``, ``_``,
+``-``; no ``..``), so no registry can make a download land outside the cache.
+
+A download must have the registered sha256. A rebuild is accepted when it has that sha256
+or, on a CPU that rounds float32 convolutions differently, when its fingerprint matches:
+masks, metadata and attributes identical, images within the stated tolerance. A rebuild
+accepted that way gets its own sha256 recorded beside it (``FILE.accepted.json``), so
+:func:`is_registered_file` recognises it as that set later.
+
 
 The cache is ``$CELLGEN_DATA`` or ``$XDG_CACHE_HOME/cellgen/datasets`` (default
 ``~/.cache/cellgen/datasets``); a set lives there as ``NAME-VERSION.h5`` only after its
@@ -12,17 +21,19 @@ sha256 was checked. Downloads go to ``NAME-VERSION.h5.part`` first and resume fr
 HTTP Range requests.
 
 Public API: :func:`load_registry`, :func:`resolve`, :func:`cache_dir`, :func:`cached_path`,
-:func:`download`, :func:`build`, :func:`parse_name`.
+:func:`download`, :func:`build`, :func:`parse_name`, :func:`check_name`, :func:`is_registered_file`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import NamedTuple
 
 from tqdm import tqdm
 
@@ -31,6 +42,15 @@ from cellgen.errors import CellgenError
 
 REGISTRY_FILE = Path(__file__).resolve().parent.parent / "data" / "registry.json"
 CHUNK = 1 << 16
+_SAFE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+def check_name(text, what: str) -> str:
+    """A set name, version or file name that is safe as one path component, or a one-line error."""
+    if not isinstance(text, str) or not _SAFE.fullmatch(text) or ".." in text:
+        raise CellgenError(f"{what} {text!r} is not allowed: use only letters, digits, '.', '_' and '-', "
+                           "without '..'")
+    return text
 
 
 def load_registry(path=None) -> dict:
@@ -41,8 +61,17 @@ def load_registry(path=None) -> dict:
         raise CellgenError(f"dataset registry not found: {path}") from None
     except ValueError as err:
         raise CellgenError(f"dataset registry {path} is not valid JSON: {err}") from None
-    if not isinstance(data.get("sets"), dict):
+    if not isinstance(data, dict) or not isinstance(data.get("sets"), dict):
         raise CellgenError(f"dataset registry {path} has no 'sets' table")
+    for name, s in data["sets"].items():
+        check_name(name, f"dataset registry {path}: set name")
+        if not isinstance(s, dict) or not isinstance(s.get("versions"), dict):
+            raise CellgenError(f"dataset registry {path}: set {name!r} has no 'versions' table")
+        for version in s["versions"]:
+            check_name(version, f"dataset registry {path}: {name} version")
+        if s.get("latest") not in s["versions"]:
+            raise CellgenError(f"dataset registry {path}: set {name!r} names latest version {s.get('latest')!r}, "
+                               "which it does not list")
     return data
 
 
@@ -161,12 +190,21 @@ def _fetch(url: str, part: Path, size: int | None, progress: bool, timeout: floa
         raise CellgenError(f"download from {url} ended after {got} of {total} bytes; rerun the same command to resume")
 
 
-def build(text: str, output=None, check: bool = True, progress: bool = True, registry: dict | None = None) -> tuple[Path, str]:
-    """Rebuild a registered set from its recipe; returns (path, sha256).
+class Built(NamedTuple):
+    path: Path
+    sha256: str
+    check: str  # which check the rebuild passed, in words
 
-    With ``check`` the result must have the registered sha256: only then is it moved to
-    ``output`` (default: the cache). Without ``check`` it is written and its sha256 printed,
-    which is how a new registry entry gets its checksum.
+
+def build(text: str, output=None, check: bool = True, progress: bool = True, registry: dict | None = None) -> Built:
+    """Rebuild a registered set from its recipe; returns (path, sha256, check passed).
+
+    With ``check`` the result must be the registered set: the registered sha256, or else a
+    fingerprint that matches the registered one (:mod:`cellgen.datasets.fingerprint`; masks,
+    metadata and attributes identical, images within tolerance). Only then is it moved to
+    ``output`` (default: the cache; there a fingerprint match is recorded beside it). Without
+    ``check`` it is written as it comes, which is how a registry entry is made
+    (``python -m cellgen.datasets.register``).
     """
     name, version, entry = resolve(text, registry)
     recipe = entry.get("recipe")
@@ -180,14 +218,58 @@ def build(text: str, output=None, check: bool = True, progress: bool = True, reg
     _run_recipe(recipe, staging, command=f"cellgen datasets build {name}@{version}", progress=progress)
     digest = sha256_of(staging)
     expected = entry.get("sha256")
-    if check and expected and digest != expected:
-        staging.unlink()
-        raise CellgenError(
-            f"rebuilt {name}@{version} has sha256 {digest}, the registry says {expected}: this cellgen "
-            f"(or its h5py/HDF5) differs from the one that registered it; nothing was kept"
-        )
+    record = _accepted_record(target)
+    verdict = "not checked"
+    if check and expected:
+        try:
+            verdict = _accept(staging, digest, entry, f"rebuilt {name}@{version}")
+        except CellgenError:
+            staging.unlink()
+            raise
+    record.unlink(missing_ok=True)
     os.replace(staging, target)
-    return target, digest
+    if check and expected and digest != expected and output is None:  # only the cache needs to know
+        record.write_text(json.dumps({"sha256": digest, "registered_sha256": expected, "check": verdict}, indent=2))
+    return Built(target, digest, verdict)
+
+
+def _accept(path: Path, digest: str, entry: dict, what: str) -> str:
+    """Which check ``path`` passes as the registered set, or a one-line error."""
+    from cellgen.datasets import fingerprint
+
+    expected = entry["sha256"]
+    if digest == expected:
+        return "sha256 identical to the registry's"
+    if not entry.get("fingerprint"):
+        raise CellgenError(f"{what} has sha256 {digest}, the registry says {expected} and holds no fingerprint to "
+                           "compare arrays with; nothing was kept")
+    checks = fingerprint.compare(fingerprint.fingerprint(path), entry["fingerprint"])
+    line = fingerprint.summary_line(checks)
+    if not all(c.ok for c in checks):
+        raise CellgenError(f"{what} {line}; nothing was kept")
+    return f"fingerprint: {line} (the file sha256 differs from the registered one)"
+
+
+def _accepted_record(path: Path) -> Path:
+    return path.with_name(path.name + ".accepted.json")
+
+
+def is_registered_file(path, entry: dict) -> bool:
+    """Whether ``path`` holds the registered set: the registered sha256, or the sha256 that
+    :func:`build` recorded beside it after the rebuild passed the fingerprint check."""
+    path = Path(path)
+    expected = entry.get("sha256")
+    if not expected:
+        return True
+    digest = sha256_of(path)
+    if digest == expected:
+        return True
+    try:
+        record = json.loads(_accepted_record(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(record, dict) and record.get("sha256") == digest
+            and record.get("registered_sha256") == expected)
 
 
 def _run_recipe(recipe: dict, path: Path, command: str, progress: bool) -> None:
@@ -227,7 +309,7 @@ def _recipe_checkpoint(spec: dict, kind: str) -> Path:
     """The checkpoint a recipe names (by file in the checkpoints folder), checked by sha256."""
     from cellgen.defaults import checkpoints_dir
 
-    path = checkpoints_dir() / spec["file"]
+    path = checkpoints_dir() / check_name(spec["file"], f"the recipe's {kind} file")
     if not path.exists():
         raise CellgenError(f"this set is built with the {kind} {path.name}, which is not installed at {path}")
     digest = sha256_of(path)

@@ -20,6 +20,12 @@ for every image, as the official ``generate.py`` does: then every seed shares th
 and the layouts come out nearly the same (issue 14), and psi = 0 gives one image for all
 seeds. ``'none'`` adds no noise.
 
+Sampling computes in float64 by default (``precision``): float32 convolutions round
+differently on CPUs with other instruction sets (oneDNN / MKL kernels), which moves a
+class-score argmax now and then; in float64 those differences are ~1e-16 and never change
+a mask in practice, so a set means the same set on every machine (docs/format.md).
+Results are returned as float32 arrays either way; ``precision='float32'`` is faster.
+
 Public API: :class:`ContourGenerator`, :data:`KIND`, :data:`NOISE_MODES`, :data:`DEFAULT_NOISE_MODE`,
 :func:`noise_fields`, :func:`resolve_device`.
 """
@@ -33,7 +39,7 @@ import numpy as np
 import torch
 
 from cellgen.checkpoint import load_checkpoint, load_into, sha256_of
-from cellgen.device import resolve_device  # noqa: F401 - re-exported for train/evaluate
+from cellgen.device import compute_dtype, resolve_device
 from cellgen.errors import CellgenError
 from cellgen.gen.networks import Generator, preset_config, truncate, z_from_seed
 
@@ -70,9 +76,10 @@ class ContourGenerator:
     """A StyleGAN2 label-map generator (EMA weights), in eval mode, ready to sample."""
 
     def __init__(self, G: Generator, config: dict, device="cpu", sha256: str = "", info: dict | None = None,
-                 source: str = ""):
+                 source: str = "", precision: str = "float64"):
         self.device = resolve_device(device)
-        self.G = G.to(self.device).eval().requires_grad_(False)
+        self.precision = precision
+        self.G = G.to(self.device, compute_dtype(precision)).eval().requires_grad_(False)
         self.config = dict(config)
         self.sha256 = sha256
         self.info = dict(info or {})
@@ -83,7 +90,7 @@ class ContourGenerator:
 
     # -- construction ------------------------------------------------------------------
     @classmethod
-    def load(cls, path=None, device="cpu") -> ContourGenerator:
+    def load(cls, path=None, device="cpu", precision: str = "float64") -> ContourGenerator:
         """Our checkpoint (``.pt``, kind ``contour-generator``) or an official ``.pkl``.
 
         ``path=None`` uses ``$CELLGEN_CONTOUR_GENERATOR``.
@@ -97,7 +104,8 @@ class ContourGenerator:
             from cellgen.gen.import_official import import_official
 
             nets = import_official(path, which=("G_ema",))
-            return cls(nets["G_ema"], nets["config"], device, sha256_of(path), {"source": "official pkl"}, str(path))
+            return cls(nets["G_ema"], nets["config"], device, sha256_of(path), {"source": "official pkl"}, str(path),
+                       precision)
         ckpt = load_checkpoint(path, KIND)
         G = Generator(ckpt["config"])
         load_into(G, ckpt["state_dict"], source=str(path))
@@ -107,7 +115,7 @@ class ContourGenerator:
             import json
 
             info = json.loads(sidecar.read_text()).get("info", {})
-        return cls(G, ckpt["config"], device, ckpt["sha256"], info, str(path))
+        return cls(G, ckpt["config"], device, ckpt["sha256"], info, str(path), precision)
 
     @classmethod
     def untrained(cls, preset: str = "tiny", seed: int = 0, device="cpu") -> ContourGenerator:
@@ -158,14 +166,14 @@ class ContourGenerator:
 
     def truncate(self, w, psi: float = 1.0, cutoff: int | None = None) -> np.ndarray:
         """``w_avg + psi (w - w_avg)`` on all layers, or only the first ``cutoff``; any real psi."""
-        w = np.asarray(w, dtype=np.float32)
+        w = np.asarray(w, dtype=np.float32).astype(self._np_dtype)
         self._check_w(w)
         if cutoff is not None and not 0 <= int(cutoff) <= self.num_ws:
             raise CellgenError(f"truncation cutoff must lie in 0..{self.num_ws}, got {cutoff}")
         # the official formula (torch lerp), bit for bit: psi == 1 leaves w untouched
         out = truncate(torch.from_numpy(w.copy()), self.G.mapping.w_avg.detach().cpu(), float(psi),
                        None if cutoff is None else int(cutoff))
-        return out.numpy()
+        return out.numpy().astype(np.float32)
 
     def _noise_layers(self) -> list:
         return [m for m in self.G.synthesis.modules() if getattr(m, "use_noise", False)]
@@ -199,7 +207,7 @@ class ContourGenerator:
         ``seeds`` (one per w) seed the noise when ``noise_mode='random'`` and are required
         then: an image's noise must come from its own seed, not from its place in a batch.
         """
-        w = np.asarray(w, dtype=np.float32)
+        w = np.asarray(w, dtype=np.float32).astype(self._np_dtype)
         self._check_w(w)
         check_noise_mode(noise_mode)
         if noise_mode == "random":
@@ -218,11 +226,10 @@ class ContourGenerator:
                     img = torch.cat([self._synthesis_seeded(wt[j:j + 1], seeds[i + j]) for j in range(len(wt))])
                 else:
                     img = self.G.synthesis(wt, noise_mode=noise_mode)
-                img = img.float()
                 if output_size is not None and int(output_size) != img.shape[-1]:
                     img = torch.nn.functional.interpolate(img, size=(int(output_size),) * 2, mode="bilinear",
                                                           align_corners=False)
-                out.append(img.cpu().numpy())
+                out.append(img.float().cpu().numpy())
         return np.concatenate(out, axis=0)
 
     def label_maps(self, seeds, psi: float = 1.0, cutoff: int | None = None, noise_mode: str = DEFAULT_NOISE_MODE,
@@ -241,6 +248,10 @@ class ContourGenerator:
     def classes(self, seeds, psi: float = 1.0, **kwargs) -> np.ndarray:
         """(N, R, R) uint8 class maps (argmax of :meth:`label_maps`)."""
         return np.argmax(self.label_maps(seeds, psi, **kwargs), axis=1).astype(np.uint8)
+
+    @property
+    def _np_dtype(self):
+        return np.float64 if self.precision == "float64" else np.float32
 
     def _check_w(self, w: np.ndarray):
         if w.ndim != 3 or w.shape[1:] != (self.num_ws, self.w_dim):

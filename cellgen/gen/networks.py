@@ -314,7 +314,7 @@ class MappingNetwork(torch.nn.Module):
         self.register_buffer("w_avg", torch.zeros([w_dim]))
 
     def forward(self, z, truncation_psi=1.0, truncation_cutoff=None, update_w_avg=None):
-        x = normalize_2nd_moment(z.to(torch.float32))
+        x = normalize_2nd_moment(z.to(self.w_avg.dtype))  # float32, or float64 for portable sampling
         for idx in range(self.num_layers):
             x = getattr(self, f"fc{idx}")(x)
         if update_w_avg is None:
@@ -410,7 +410,7 @@ class SynthesisBlock(torch.nn.Module):
         x = self.conv1(x, next(w_iter), noise_mode=noise_mode)
         if img is not None:
             img = upsample2d(img, self.resample_filter)
-        y = self.torgb(x, next(w_iter)).to(torch.float32)
+        y = self.torgb(x, next(w_iter)).to(ws.dtype)
         img = y if img is None else img + y
         return x, img
 
@@ -429,7 +429,7 @@ class SynthesisNetwork(torch.nn.Module):
         self.num_ws += 1  # the last block's toRGB
 
     def forward(self, ws, noise_mode="random"):
-        ws = ws.to(torch.float32)
+        ws = ws.to(self.b4.const.dtype)  # the network's own float type (float64 when sampling sets)
         x = img = None
         w_idx = 0
         for res in self.block_resolutions:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from cellgen.checkpoint import load_checkpoint, load_into, save_checkpoint
-from cellgen.device import resolve_device  # noqa: F401 - re-exported for train/evaluate
+from cellgen.device import compute_dtype, resolve_device  # noqa: F401 - resolve_device re-exported
 from cellgen.errors import CellgenError
 from cellgen.render import networks
 
@@ -31,10 +31,15 @@ KIND = "renderer"
 class Renderer:
     """A trained pix2pixHD generator, ready to render masks."""
 
-    def __init__(self, generator: torch.nn.Module, config: dict, device="cpu", sha256: str = "", info: dict | None = None):
+    def __init__(self, generator: torch.nn.Module, config: dict, device="cpu", sha256: str = "", info: dict | None = None,
+                 precision: str = "float32"):
         self.config = dict(config)
         self.device = resolve_device(device)
-        self.generator = generator.to(self.device).eval()
+        # float32 rounds differently on CPUs with other instruction sets (images then differ by
+        # 1 ADU in ~0.2% of pixels, within a set's image tolerance, docs/format.md); float64 makes
+        # them practically identical but renders about 5x slower on a CPU
+        self.precision, self.dtype = precision, compute_dtype(precision)
+        self.generator = generator.to(self.device, self.dtype).eval()
         for p in self.generator.parameters():
             p.requires_grad_(False)
         self.sha256 = sha256
@@ -43,7 +48,7 @@ class Renderer:
 
     # -- construction ------------------------------------------------------------------
     @classmethod
-    def load(cls, path, device="cpu") -> Renderer:
+    def load(cls, path, device="cpu", precision: str = "float32") -> Renderer:
         ckpt = load_checkpoint(path, KIND)
         config = ckpt["config"]
         gen = networks.build_generator(config)
@@ -54,7 +59,7 @@ class Renderer:
             import json
 
             info = json.loads(sidecar.read_text()).get("info", {})
-        return cls(gen, config, device, ckpt["sha256"], info)
+        return cls(gen, config, device, ckpt["sha256"], info, precision=precision)
 
     def save(self, path, info: dict | None = None, half: bool = False) -> Path:
         out = save_checkpoint(path, KIND, self.config, self.generator.state_dict(), info=info or self.info, half=half)
@@ -98,7 +103,7 @@ class Renderer:
                 for s in range(0, b, max(1, int(batch_size))):
                     sl = slice(s, s + max(1, int(batch_size)))
                     x = networks.encode_masks(semantic[sl], cell[sl], nucleus[sl], device=self.device)
-                    y = networks.to_unit(self.generator(x).float())
+                    y = networks.to_unit(self.generator(x.to(self.dtype))).float()
                     out[sl] = y.cpu().numpy()
         finally:
             torch.backends.cudnn.deterministic = cudnn_det
