@@ -16,7 +16,8 @@ def checkpoints():
 
 @checkpoints.command("list")
 def checkpoints_list():
-    """Checkpoints in the default folder ($CELLGEN_CHECKPOINTS or the repository's checkpoints/)."""
+    """Checkpoints in the default folder: $CELLGEN_CHECKPOINTS, else the models installed with
+    cellgen (a wheel's cellgen/checkpoints/, a source checkout's checkpoints/)."""
     from cellgen.defaults import FILES, checkpoints_dir
 
     folder = checkpoints_dir()

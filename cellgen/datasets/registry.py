@@ -15,10 +15,10 @@ accepted that way gets its own sha256 recorded beside it (``FILE.accepted.json``
 :func:`is_registered_file` recognises it as that set later.
 
 
-The cache is ``$CELLGEN_DATA`` or ``$XDG_CACHE_HOME/cellgen/datasets`` (default
-``~/.cache/cellgen/datasets``); a set lives there as ``NAME-VERSION.h5`` only after its
-sha256 was checked. Downloads go to ``NAME-VERSION.h5.part`` first and resume from it with
-HTTP Range requests.
+The cache is ``$CELLGEN_DATA`` or the platform's user cache (``~/.cache/cellgen/datasets``
+on Linux); a set lives there as ``NAME-VERSION.h5`` only after its sha256 was checked.
+Downloads run through pooch (:mod:`cellgen.datasets.download`): they go to
+``NAME-VERSION.h5.part`` first and resume from it with HTTP Range requests.
 
 Public API: :func:`load_registry`, :func:`resolve`, :func:`cache_dir`, :func:`cached_path`,
 :func:`download`, :func:`build`, :func:`parse_name`, :func:`check_name`, :func:`is_registered_file`.
@@ -29,20 +29,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import NamedTuple
 
-from tqdm import tqdm
-
 from cellgen.checkpoint import sha256_of
+from cellgen.datasets.download import cache_dir, cached_path
 from cellgen.errors import CellgenError
 
 REGISTRY_FILE = Path(__file__).resolve().parent.parent / "data" / "registry.json"
-CHUNK = 1 << 16
 _SAFE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+__all__ = ["load_registry", "parse_name", "resolve", "cache_dir", "cached_path", "download", "build", "Built",
+           "check_name", "is_registered_file"]
 
 
 def check_name(text, what: str) -> str:
@@ -94,17 +91,6 @@ def resolve(text: str, registry: dict | None = None) -> tuple[str, str, dict]:
     return name, version, versions[version]
 
 
-def cache_dir() -> Path:
-    if os.environ.get("CELLGEN_DATA"):
-        return Path(os.environ["CELLGEN_DATA"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "cellgen" / "datasets"
-
-
-def cached_path(name: str, version: str) -> Path:
-    return cache_dir() / f"{name}-{version}.h5"
-
-
 def _check_sha(path: Path, expected: str | None, what: str) -> str:
     digest = sha256_of(path)
     if expected and digest != expected:
@@ -115,79 +101,17 @@ def _check_sha(path: Path, expected: str | None, what: str) -> str:
 def download(text: str, url: str | None = None, progress: bool = True, timeout: float = 30.0,
              registry: dict | None = None) -> Path:
     """Fetch a registered set into the cache (resuming a partial download) and verify it."""
+    from cellgen.datasets.download import fetch
+
     name, version, entry = resolve(text, registry)
-    target = cached_path(name, version)
-    expected = entry.get("sha256")
-    if target.exists():
-        if not expected or sha256_of(target) == expected:
-            return target
-        target.unlink()  # a cached file that no longer matches is never handed out
     urls = [url] if url else list(entry.get("urls", [])) + list(entry.get("mirrors", []))
     if not urls:
         raise CellgenError(
             f"{name}@{version} has no published download address; rebuild it with "
             f"'cellgen datasets build {name}@{version}' or pass --url MIRROR"
         )
-    if not expected:
-        raise CellgenError(f"{name}@{version} has no registered sha256, so a download could not be checked")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(target.name + ".part")
-    errors = []
-    for address in urls:
-        try:
-            _fetch(address, part, entry.get("size_bytes"), progress, timeout)
-        except CellgenError as err:
-            errors.append(str(err))
-            continue
-        digest = sha256_of(part)
-        if digest != expected:
-            part.unlink()
-            errors.append(f"{address}: checksum mismatch (got {digest[:16]}..., expected {expected[:16]}...); "
-                          "the download was discarded")
-            continue
-        os.replace(part, target)
-        return target
-    raise CellgenError("; ".join(errors))
-
-
-def _fetch(url: str, part: Path, size: int | None, progress: bool, timeout: float) -> None:
-    have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"User-Agent": "cellgen"})
-    if have:
-        request.add_header("Range", f"bytes={have}-")
-    try:
-        response = urllib.request.urlopen(request, timeout=timeout)
-    except urllib.error.HTTPError as err:
-        if err.code == 416 and have:  # the partial file is already complete
-            return
-        raise CellgenError(f"{url}: server answered HTTP {err.code} {err.reason}") from None
-    except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise CellgenError(f"cannot reach {url} ({reason}); offline? 'cellgen datasets build' needs no network") from None
-    with response:
-        if have and response.status != 206:
-            have = 0  # the server ignored the Range request: start over
-        length = response.headers.get("Content-Length")
-        total = have + int(length) if length is not None else size
-        mode = "ab" if have else "wb"
-        bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=part.name[:-5], disable=not progress)
-        try:
-            with open(part, mode) as fh:
-                while True:
-                    block = response.read(CHUNK)
-                    if not block:
-                        break
-                    fh.write(block)
-                    bar.update(len(block))
-        except (OSError, socket.timeout, ConnectionError) as err:
-            got = part.stat().st_size if part.exists() else 0
-            raise CellgenError(f"download from {url} broke off after {got} bytes ({err}); "
-                               "rerun the same command to resume") from None
-        finally:
-            bar.close()
-    got = part.stat().st_size
-    if total is not None and got < total:
-        raise CellgenError(f"download from {url} ended after {got} of {total} bytes; rerun the same command to resume")
+    return fetch(name, version, entry.get("sha256"), urls, size=entry.get("size_bytes"), progress=progress,
+                 timeout=timeout)
 
 
 class Built(NamedTuple):
