@@ -50,7 +50,7 @@ METRIC_DEFINITIONS = {
                                                             "pooled over the images, mean of background and object",
     "linkage": "of the true nuclei matched at IoU >= 0.5, the fraction whose predicted nucleus lies (> 50 % of its "
                "pixels) in a predicted cell that overlaps their own true cell best (highest IoU); only for methods "
-               "giving both compartments",
+               "giving both compartments; repeated on a tier's cell and nucleus rows",
     "linkage_recall": "the same count over all true nuclei (found and put in the right cell)",
     "linkage_n": "true nuclei matched, the denominator of linkage",
     "*_ci_low, *_ci_high": "95 % percentile bootstrap interval over images",
