@@ -18,8 +18,9 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from cellgen import density, noise
+from cellgen import density, noise, resources
 from cellgen.datasets.h5 import FULL_SCALE, BenchmarkWriter, Sample
+from cellgen.datasets.staging import check_output, staging_folder
 from cellgen.masks import Masks
 from cellgen.simulate import SimulationConfig, simulate_image
 
@@ -104,6 +105,9 @@ def write_set(
             raise ValueError(f"part {part} does not lie in 0..{n}")
         recipe = dict(recipe, part=[offset, stop])
         n = stop - offset
+    path = check_output(path)
+    if overwrite or not staging_folder(path).is_dir():  # a resumed run's commits check as they go
+        resources.check_disk(path, n, image_size, len(params), with_images)
     writer = _writer(path, n, recipe, overwrite, *writer_args)
     with writer:
         bar = tqdm(total=n, initial=writer.start, desc=f"writing {path}", unit="img", disable=not progress)
@@ -146,17 +150,9 @@ def _merge_parts(path, n, parts, recipe, overwrite, progress, writer_args):
             expected = stop
         if expected != n:
             raise DatasetError(f"the parts cover images 0..{expected - 1} of {n}")
-        writer = _writer(path, n, recipe, overwrite, *writer_args)
-        with writer:
-            bar = tqdm(total=n, initial=writer.start, desc=f"merging {path}", unit="img", disable=not progress)
-            offset = 0
-            for ds in opened:
-                for j in range(max(0, writer.start - offset), ds.n):
-                    writer.write(offset + j, ds.sample(j))
-                    bar.update(1)
-                offset += ds.n
-            bar.close()
-            return writer.finish()
+        with _writer(path, n, recipe, overwrite, *writer_args) as writer:
+            # the parts' compressed chunks are copied as they are, in index order
+            return writer.finish(sources=[ds.path for ds in opened])
     finally:
         for ds in opened:
             ds.close()
@@ -247,9 +243,10 @@ def generated_set(path, generator, pairs: list[tuple[int, float]], *, renderer=N
                                                                   seeds=[pairs[k][0] for k in chunk]))
             images = [None] * len(masks)
             if renderer is not None:
+                # a renderer with appearance inputs draws them from the image's own seed
                 images = renderer.render_batch(np.stack([m.semantic for m in masks]),
                                                np.stack([m.cell for m in masks]), np.stack([m.nucleus for m in masks]),
-                                               batch_size=batch_size)
+                                               batch_size=batch_size, seeds=[pairs[k][0] for k in chunk])
             for j, k in enumerate(chunk):
                 cache[k] = SourceItem(masks[j], images[j], pairs[k][0], pairs[k][1], source="stylegan2")
         return cache[i]
@@ -260,6 +257,8 @@ def generated_set(path, generator, pairs: list[tuple[int, float]], *, renderer=N
               "renderer_sha256": renderer.sha256 if renderer is not None else "", "noise_mode": noise_mode,
               "precision": _precision(generator, renderer), **(recipe_extra or {})}
     kwargs["extra_attrs"] = dict(kwargs.get("extra_attrs") or {}, noise_mode=noise_mode)
+    if generator.info.get("compartments"):  # a generator calibrated on nucleus-only (or cell-only) data
+        kwargs["extra_attrs"]["compartments"] = json.dumps(list(generator.info["compartments"]))
     return write_set(path, len(pairs), source, image_size=(size, size), pixel_size_um=pixel_size_um,
                      with_images=renderer is not None, recipe=recipe, generator_sha256=generator.sha256,
                      renderer_sha256=renderer.sha256 if renderer is not None else "", **kwargs)
@@ -287,7 +286,8 @@ def rendered_set(path, masks_set, renderer, *, batch_size: int = 8, **kwargs):
             chunk = range(first, min(first + batch_size, src.n))
             masks = [src.masks(k) for k in chunk]
             images = renderer.render_batch(np.stack([m.semantic for m in masks]), np.stack([m.cell for m in masks]),
-                                           np.stack([m.nucleus for m in masks]), batch_size=batch_size)
+                                           np.stack([m.nucleus for m in masks]), batch_size=batch_size,
+                                           seeds=[int(meta["seed"][k]) for k in chunk])
             for j, k in enumerate(chunk):
                 cache[k] = SourceItem(masks[j], images[j], int(meta["seed"][k]), float(meta["psi"][k]),
                                       str(meta["source"][k]))

@@ -13,10 +13,11 @@ In short (N images of H x W):
   ``noisy/<variant>/snr_db`` (N, 2) float32
 * ``metadata/<column>`` (N,): one 1-D dataset per column (see :data:`METADATA_COLUMNS`)
 
-Image datasets are chunked one image per chunk and gzip-compressed; the writer streams
-image by image into ``PATH.partial`` and renames it to ``PATH`` when every image is in.
-An interrupted run resumes from the last image written, and its file ends up byte-identical
-to an uninterrupted run's.
+Image datasets are chunked one image per chunk and gzip-compressed. The writer commits
+complete images in small part files under ``PATH.partial/`` (atomic renames, see
+:mod:`cellgen.datasets.staging`) and merges them into ``PATH`` when every image is in. An
+interrupted run (Ctrl-C, SIGTERM, SIGKILL, full disk) resumes from the last committed part, and
+its file ends up byte-identical to an uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -30,7 +31,14 @@ import h5py
 import numpy as np
 
 from cellgen import __version__
-from cellgen.datasets.staging import Staging, check_free_space, copy_images, stored_bytes
+from cellgen.datasets.staging import (
+    Staging,
+    check_free_space,
+    check_output,
+    copy_images,
+    staging_folder,
+    stored_bytes,
+)
 from cellgen.density import TierScheme
 from cellgen.errors import CellgenError, DatasetError
 from cellgen.masks import Masks, validate
@@ -86,7 +94,10 @@ class BenchmarkWriter:
     """Streams a benchmark set to disk, one image at a time, in index order.
 
     ``recipe`` is a JSON-serialisable description of everything that decides the content;
-    a leftover ``PATH.partial`` whose recipe matches is resumed, any other is refused.
+    a leftover ``PATH.partial/`` whose recipe matches is resumed (``start`` images are already
+    in), any other is refused; ``overwrite`` always starts clean. Images are committed in
+    parts every :attr:`PART_SECONDS` (or :attr:`PART_IMAGES`), so an interruption loses at
+    most that much work; :meth:`finish` merges the parts into ``PATH``.
     """
 
     def __init__(
@@ -106,8 +117,8 @@ class BenchmarkWriter:
         extra_attrs: dict | None = None,
         overwrite: bool = False,
     ):
-        self.path = Path(path)
-        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.path = check_output(path)
+        self.partial = staging_folder(self.path)
         self.n = int(n_images)
         self.size = tuple(int(s) for s in image_size)
         self.variants = dict(variants)  # name -> params JSON
@@ -140,6 +151,7 @@ class BenchmarkWriter:
         self._buffer: list[dict] = []
         self._last_commit = time.monotonic()
         self.finished = False
+        self._failed = False
         if overwrite:
             self._staging.clear()
         elif self.path.exists():
@@ -233,7 +245,11 @@ class BenchmarkWriter:
                 values = [r[name] for r in rows]
                 f[name][...] = values if name.startswith("metadata/") else np.stack(values)
 
-        self._staging.commit(start, self._written, write_part)
+        try:
+            self._staging.commit(start, self._written, write_part)
+        except BaseException:
+            self._failed = True  # no second try on the way out (a full disk stays full)
+            raise
         self._buffer = []
         self._last_commit = time.monotonic()
 
@@ -278,7 +294,7 @@ class BenchmarkWriter:
 
     def close(self):
         """Commit complete images (also on an error or Ctrl-C: what is done stays done)."""
-        if not self.finished and self._buffer:
+        if not self.finished and self._buffer and not self._failed:
             self._commit()
 
     def __enter__(self):
@@ -333,7 +349,7 @@ class BenchmarkSet:
             self.pixel_size_um = float(f.attrs["pixel_size_um"])
             self.tier_scheme = TierScheme.from_json(f.attrs["tier_scheme"])
             self.variants = json.loads(f.attrs["variants"])
-        except (KeyError, ValueError) as err:
+        except (KeyError, ValueError, TypeError, CellgenError) as err:
             self._f.close()
             raise DatasetError(f"{self.path}: missing or unreadable root attribute: {err}") from None
         self._meta: dict[str, np.ndarray] | None = None
@@ -443,69 +459,19 @@ def pixel_size_of(path) -> float | None:
         return None
 
 
+def compartments_of(path) -> list[str] | None:
+    """The annotated compartments a set declares, or None when ``path`` is no readable set."""
+    try:
+        with BenchmarkSet(path) as ds:
+            return ds.compartments
+    except CellgenError:
+        return None
+
+
 def verify(path) -> dict:
-    """Check schema, shapes, dtypes, mask consistency and tiers of a set.
+    """Check schema, shapes, dtypes, masks, metadata, tiers and images of a set (see
+    :mod:`cellgen.datasets.verification`); returns a summary dict or raises one-line
+    :class:`DatasetError`."""
+    from cellgen.datasets.verification import verify_set
 
-    Returns a summary dict; raises :class:`DatasetError` naming the first problems.
-    """
-    problems: list[str] = []
-    with BenchmarkSet(path) as ds:
-        f = ds._f
-        n, (h, w) = ds.n, ds.image_size
-        required = {
-            "masks/semantic": ((n, h, w), np.uint8),
-            "masks/cell": ((n, h, w), np.uint32),
-            "masks/nucleus": ((n, h, w), np.uint32),
-        }
-        if ds.has_images:
-            required["images"] = ((n, 2, h, w), np.uint16)
-        for v in ds.variants:
-            if v != CLEAN:
-                required[f"noisy/{v}/images"] = ((n, 2, h, w), np.uint16)
-                required[f"noisy/{v}/snr_db"] = ((n, 2), np.float32)
-        for column, (dtype, _) in METADATA_COLUMNS.items():
-            required[f"metadata/{column}"] = ((n,), None if dtype == "str" else np.dtype(dtype))
-        for name, (shape, dtype) in required.items():
-            if name not in f:
-                problems.append(f"dataset '{name}' is missing")
-                continue
-            d = f[name]
-            if not isinstance(d, h5py.Dataset):
-                problems.append(f"'{name}' is not a dataset")
-            elif d.shape != shape:
-                problems.append(f"dataset '{name}' has shape {d.shape}, expected {shape}")
-            elif dtype is not None and d.dtype != dtype:
-                problems.append(f"dataset '{name}' has dtype {d.dtype}, expected {np.dtype(dtype).name}")
-        if problems:
-            raise DatasetError(f"{path}: " + "; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""))
-
-        from cellgen.density import measure
-
-        meta = ds.metadata
-        tiers: dict[str, int] = {}
-        for i in range(n):
-            try:
-                m = ds.masks(i)
-            except OSError as err:
-                raise DatasetError(f"{path}: image {i} cannot be read (corrupt chunk): {str(err).splitlines()[0]}") from None
-            for p in validate(m.cell, m.nucleus, m.semantic, (h, w)):
-                problems.append(f"image {i}: {p}")
-            measured = measure(m.cell, ds.pixel_size_um)
-            if meta["count"][i] != measured["count"]:
-                problems.append(f"image {i}: metadata count {meta['count'][i]:g} but masks hold {measured['count']:g} cells")
-            expect_tier = ds.tier_scheme.assign(measured[ds.tier_scheme.measure])
-            if meta["tier"][i] != expect_tier:
-                problems.append(f"image {i}: tier '{meta['tier'][i]}' but its density says '{expect_tier}'")
-            tiers[meta["tier"][i]] = tiers.get(meta["tier"][i], 0) + 1
-            if len(problems) >= 20:
-                break
-        if problems:
-            raise DatasetError(f"{path}: " + "; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""))
-        return {
-            "path": str(path),
-            "n_images": n,
-            "image_size": [h, w],
-            "variants": ds.variants,
-            "tiers": {t: tiers.get(t, 0) for t in ds.tier_scheme.names},
-            "has_images": ds.has_images,
-        }
+    return verify_set(path)

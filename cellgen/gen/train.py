@@ -509,9 +509,20 @@ def train_contours(
     pixel_size = _map_pixel_size(data, res)
     if pixel_size:
         info["pixel_size_um"] = pixel_size  # cellgen sample measures density with it
+    _record_compartments(info, data)
     save_checkpoint(gen_path, GENERATOR_KIND, cfg, G_ema.state_dict(),
                     {"w_avg": G_ema.mapping.w_avg.detach().cpu()}, info=info)
     return gen_path
+
+
+def _record_compartments(info: dict, data) -> None:
+    """A generator trained on nucleus-only (or cell-only) masks says so; the sets sampled
+    from it then declare only that compartment."""
+    from cellgen.datasets.h5 import compartments_of
+
+    compartments = compartments_of(data)
+    if compartments and compartments != ["cell", "nucleus"]:
+        info["compartments"] = compartments
 
 
 def _map_pixel_size(data, resolution: int) -> float | None:
@@ -546,5 +557,7 @@ def export_generator(run_dir, out_path=None, half: bool = False) -> Path:
     pixel_size = _map_pixel_size(run["data"], int(cfg["resolution"])) if run.get("data") else None
     if pixel_size:
         info["pixel_size_um"] = pixel_size
+    if run.get("data"):
+        _record_compartments(info, run["data"])
     return save_checkpoint(Path(out_path or run_dir / "generator.pt"), GENERATOR_KIND, cfg, G_ema,
                            {"w_avg": G_ema["mapping.w_avg"]}, info=info, half=half)
