@@ -13,8 +13,8 @@ A checkpoint is two files side by side:
 Loading checks the sha256 (when the JSON is there), the kind, and every tensor's name and
 shape against the model built from the config, and says exactly what does not fit.
 
-Public API: :func:`save_checkpoint`, :func:`load_checkpoint`, :func:`load_into`, :func:`load_state_dict_file`,
-:func:`sha256_of`.
+Public API: :func:`save_checkpoint`, :func:`load_checkpoint`, :func:`load_into`, :func:`load_state_dict_file`
+(a file's sha256 is :func:`cellgen.fileio.sha256_of`).
 """
 
 from __future__ import annotations
@@ -25,13 +25,9 @@ from pathlib import Path
 import torch
 
 from cellgen.errors import CellgenError
-from cellgen.fileio import atomic_path, file_digest
+from cellgen.fileio import atomic_path, sha256_of
 
 FORMAT = "cellgen-checkpoint"
-
-
-def sha256_of(path) -> str:
-    return file_digest(path, "sha256")
 
 
 def save_checkpoint(path, kind: str, config: dict, state_dict: dict, extra: dict | None = None,

@@ -50,3 +50,8 @@ def file_digest(path, algorithm: str = "sha256") -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def sha256_of(path) -> str:
+    """The sha256 hex digest of a file: what checkpoints, sets and the registry are identified by."""
+    return file_digest(path, "sha256")

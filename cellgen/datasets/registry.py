@@ -14,7 +14,6 @@ masks, metadata and attributes identical, images within the stated tolerance. A 
 accepted that way gets its own sha256 recorded beside it (``FILE.accepted.json``), so
 :func:`is_registered_file` recognises it as that set later.
 
-
 The cache is ``$CELLGEN_DATA`` or the platform's user cache (``~/.cache/cellgen/datasets``
 on Linux); a set lives there as ``NAME-VERSION.h5`` only after its sha256 was checked.
 Downloads run through pooch (:mod:`cellgen.datasets.download`): they go to
@@ -32,9 +31,9 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
-from cellgen.checkpoint import sha256_of
 from cellgen.datasets.download import cache_dir, cached_path
 from cellgen.errors import CellgenError
+from cellgen.fileio import sha256_of
 
 REGISTRY_FILE = Path(__file__).resolve().parent.parent / "data" / "registry.json"
 _SAFE = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -89,13 +88,6 @@ def resolve(text: str, registry: dict | None = None) -> tuple[str, str, dict]:
     if version not in versions:
         raise CellgenError(f"dataset '{name}' has no version '{version}'; versions: {', '.join(versions)}")
     return name, version, versions[version]
-
-
-def _check_sha(path: Path, expected: str | None, what: str) -> str:
-    digest = sha256_of(path)
-    if expected and digest != expected:
-        raise CellgenError(f"{what}: sha256 {digest[:16]}... does not match the registered {expected[:16]}...")
-    return digest
 
 
 def download(text: str, url: str | None = None, progress: bool = True, timeout: float = 30.0,

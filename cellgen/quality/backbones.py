@@ -373,8 +373,9 @@ class Backbone:
 def load_backbone(name: str = "efficientnet-lite0", inception_weights=None, device="cpu") -> Backbone:
     """The frozen network behind a metric: ``efficientnet-lite0`` (packaged weights) or
     ``inception`` (``inception_weights``: pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth``)."""
-    from cellgen.checkpoint import load_state_dict_file, sha256_of
+    from cellgen.checkpoint import load_state_dict_file
     from cellgen.device import resolve_device
+    from cellgen.fileio import sha256_of
 
     device = resolve_device(device)
     if name == "efficientnet-lite0":

@@ -26,10 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cellgen.datasets.h5 import FULL_SCALE
 from cellgen.errors import CellgenError
 from cellgen.quality.frechet import fd_from_features
-
-FULL_SCALE = 65535.0
 
 
 # -- cellgen data -> 3-channel images ------------------------------------------------------------

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cellgen.datasets.h5 import FULL_SCALE
 from cellgen.errors import CellgenError
 from cellgen.masks import semantic_from_instances
-
-FULL_SCALE = 65535.0
 
 
 @dataclass
