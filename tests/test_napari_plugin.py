@@ -73,7 +73,7 @@ def test_draw_samples_at_psi_and_at_a_tier(models, monkeypatch):
     layers = napari_plugin.draw_samples(psi=(0.0, 1.0), n=2, first_seed=3)
     meta = layers[0][1]["metadata"]["per_image"]
     assert list(zip(meta["seed"], meta["psi"])) == [(3, 0.0), (3, 1.0), (4, 0.0), (4, 1.0)]
-    cells = [layer for layer in layers if layer[2] == "labels"][0][0]
+    cells = next(layer for layer in layers if layer[2] == "labels")[0]
     assert cells.shape[0] == 4 and (cells[0] == cells[2]).all()  # psi 0: every seed gives the mean layout
     tier = meta["tier"][1]
     targeted = napari_plugin.draw_samples(tier=tier, n=2)

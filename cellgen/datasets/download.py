@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import socket
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
@@ -84,7 +83,7 @@ class ResumingDownloader:
             if err.code == 416 and have:  # the partial file is already complete
                 return
             raise CellgenError(f"{url}: server answered HTTP {err.code} {err.reason}") from None
-        except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as err:
+        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
             raise CellgenError(f"cannot reach {url} ({getattr(err, 'reason', err)}); offline? "
                                "'cellgen datasets build' needs no network") from None
         with response:
@@ -102,7 +101,7 @@ class ResumingDownloader:
                             break
                         fh.write(block)
                         bar.update(len(block))
-            except (OSError, socket.timeout, ConnectionError) as err:
+            except (OSError, TimeoutError, ConnectionError) as err:
                 got = self.part.stat().st_size if self.part.exists() else 0
                 raise CellgenError(f"download from {url} broke off after {got} bytes ({err}); "
                                    "rerun the same command to resume") from None
