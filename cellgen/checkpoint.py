@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from cellgen.errors import CellgenError
+from cellgen.errors import CellgenError, ChecksumMismatch
 from cellgen.fileio import atomic_path, sha256_of
 
 FORMAT = "cellgen-checkpoint"
@@ -72,7 +72,7 @@ def load_checkpoint(path, kind: str | None = None) -> dict:
         except ValueError:
             raise CellgenError(f"{sidecar} is not valid JSON") from None
         if meta.get("sha256") and meta["sha256"] != digest:
-            raise CellgenError(f"{path} does not match the sha256 in {sidecar.name}: the file is corrupt or was replaced")
+            raise ChecksumMismatch(f"{path} does not match the sha256 in {sidecar.name}: the file is corrupt or was replaced")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several kinds for a truncated or foreign file

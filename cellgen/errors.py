@@ -14,3 +14,7 @@ class InvalidMaskError(CellgenError, ValueError):
 
 class DatasetError(CellgenError):
     """A benchmark-set file that is missing, corrupt, foreign or inconsistent."""
+
+
+class ChecksumMismatch(CellgenError):
+    """A file whose sha256 is not the one recorded for it (corrupt, or replaced)."""

@@ -94,10 +94,10 @@ def write_set(
     if snr_scheme is not None:  # sets of classic presets only keep their recipe and bytes
         recipe.update(variant_params={k: v.to_json() for k, v in params.items()}, snr_tiers=snr_scheme.to_json())
         extra_attrs = dict(extra_attrs or {}, snr_tier_scheme=snr_scheme.to_json())
-    writer_args = (image_size, pixel_size_um, tiers, params, with_images, command, generator_sha256,
-                   renderer_sha256, extra_attrs)
+    header = SetHeader(image_size, pixel_size_um, tiers, params, with_images, command, generator_sha256,
+                       renderer_sha256, extra_attrs)
     if merge_parts is not None:
-        return _merge_parts(path, n, merge_parts, recipe, overwrite, progress, writer_args)
+        return _merge_parts(path, n, merge_parts, recipe, overwrite, header)
     offset = 0
     if part is not None:
         offset, stop = int(part[0]), int(part[1])
@@ -108,7 +108,7 @@ def write_set(
     path = check_output(path)
     if overwrite or not staging_folder(path).is_dir():  # a resumed run's commits check as they go
         resources.check_disk(path, n, image_size, len(params), with_images)
-    writer = _writer(path, n, recipe, overwrite, *writer_args)
+    writer = header.writer(path, n, recipe, overwrite)
     with writer:
         bar = tqdm(total=n, initial=writer.start, desc=f"writing {path}", unit="img", disable=not progress)
         for i in range(writer.start, n):
@@ -118,18 +118,33 @@ def write_set(
         return writer.finish()
 
 
-def _writer(path, n, recipe, overwrite, image_size, pixel_size_um, tiers, params, with_images, command,
-            generator_sha256, renderer_sha256, extra_attrs) -> BenchmarkWriter:
-    return BenchmarkWriter(
-        path, n, image_size,
-        pixel_size_um=pixel_size_um, tier_scheme=tiers,
-        variants={k: v.to_json() for k, v in params.items()},
-        with_images=with_images, recipe=recipe, command=command, overwrite=overwrite,
-        generator_sha256=generator_sha256, renderer_sha256=renderer_sha256, extra_attrs=extra_attrs,
-    )
+@dataclass(frozen=True)
+class SetHeader:
+    """What all images of a set share, written once as the file's attributes; the same for a
+    single-process run, each of its shards and their merge."""
+
+    image_size: tuple[int, int]
+    pixel_size_um: float
+    tiers: density.TierScheme
+    variants: dict  # variant name -> noise parameters (with ``to_json``)
+    with_images: bool
+    command: str
+    generator_sha256: str
+    renderer_sha256: str
+    extra_attrs: dict | None
+
+    def writer(self, path, n: int, recipe: dict, overwrite: bool) -> BenchmarkWriter:
+        return BenchmarkWriter(
+            path, n, self.image_size,
+            pixel_size_um=self.pixel_size_um, tier_scheme=self.tiers,
+            variants={k: v.to_json() for k, v in self.variants.items()},
+            with_images=self.with_images, recipe=recipe, command=self.command, overwrite=overwrite,
+            generator_sha256=self.generator_sha256, renderer_sha256=self.renderer_sha256,
+            extra_attrs=self.extra_attrs,
+        )
 
 
-def _merge_parts(path, n, parts, recipe, overwrite, progress, writer_args):
+def _merge_parts(path, n, parts, recipe, overwrite, header: SetHeader):
     """Copy the samples of part files, in index order, into one set written as a single run would."""
     from cellgen.datasets.h5 import BenchmarkSet
     from cellgen.errors import DatasetError
@@ -150,7 +165,7 @@ def _merge_parts(path, n, parts, recipe, overwrite, progress, writer_args):
             expected = stop
         if expected != n:
             raise DatasetError(f"the parts cover images 0..{expected - 1} of {n}")
-        with _writer(path, n, recipe, overwrite, *writer_args) as writer:
+        with header.writer(path, n, recipe, overwrite) as writer:
             # the parts' compressed chunks are copied as they are, in index order
             return writer.finish(sources=[ds.path for ds in opened])
     finally:

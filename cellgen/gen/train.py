@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from cellgen.checkpoint import load_checkpoint, load_into, save_checkpoint
-from cellgen.errors import CellgenError
+from cellgen.errors import CellgenError, ChecksumMismatch
 from cellgen.datasets.h5 import pixel_size_of
 from cellgen.fileio import atomic_path
 from cellgen.gen.generator import KIND as GENERATOR_KIND
@@ -305,11 +305,9 @@ def train_contours(
     if resume and snap_path.exists():
         try:
             snap = load_checkpoint(snap_path, SNAPSHOT_KIND)
-        except CellgenError as err:
+        except ChecksumMismatch:
             # snapshot.pt is replaced atomically before its .json: a run killed between the two
             # leaves a complete .pt and a stale sidecar, which is dropped and rewritten
-            if "does not match the sha256" not in str(err):
-                raise
             snap_path.with_suffix(".json").unlink()
             snap = load_checkpoint(snap_path, SNAPSHOT_KIND)
         saved = snap["config"]
