@@ -65,6 +65,29 @@ def test_ome_zarr_layout_pixel_size_and_labels(tiny_set, tmp_path):
     assert not [p for p in (out / "images").iterdir() if p.name.startswith(".")]  # no staging folders left
 
 
+def test_ome_zarr_export_resumes_and_redoes_what_differs(tiny_set, tmp_path, monkeypatch):
+    pytest.importorskip("ome_zarr")
+    from cellgen.datasets import ome
+
+    out = tmp_path / "z"
+    export_set(tiny_set, out, "ome-zarr", variants=["clean"], progress=False)
+    stale = out / "images" / "00001.ome.zarr" / ".zattrs"
+    attrs = json.loads(stale.read_text())
+    attrs["cellgen"]["seed"] = -1  # as if written from another set
+    stale.write_text(json.dumps(attrs))
+    (out / "images" / "00002.ome.zarr").rename(out / "images" / "gone")  # as if killed before image 2
+    written, real = [], ome.write_ome_zarr_image
+
+    def counted(path, *args, **kwargs):
+        written.append(path.name)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(ome, "write_ome_zarr_image", counted)
+    export_set(tiny_set, out, "ome-zarr", variants=["clean"], progress=False)
+    assert written == ["00001.ome.zarr", "00002.ome.zarr"]
+    assert json.loads(stale.read_text())["cellgen"]["seed"] != -1
+
+
 def test_ome_zarr_of_nucleus_only_set_has_no_cell_labels(tiny_set, tmp_path):
     pytest.importorskip("ome_zarr")
     nuclei_only = tmp_path / "n.h5"

@@ -28,7 +28,8 @@ HERE = Path(__file__).resolve().parent
 def cellgen(*args: str, cwd: Path) -> None:
     command = [sys.executable, "-m", "cellgen", *args]
     print("+ cellgen", " ".join(args), flush=True)
-    subprocess.run(command, cwd=cwd, check=True, env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")))
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    subprocess.run(command, cwd=cwd, check=True, env=env)
 
 
 def _palette_png(src: Path, dst: Path) -> None:
