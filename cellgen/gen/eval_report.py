@@ -98,7 +98,11 @@ def markdown(result: dict) -> str:
               "", "## Precision, recall and FD-EffNetLite0 (masks)", "",
               f"Precision {_f(f['precision_recall']['precision'])}, recall {_f(f['precision_recall']['recall'])} "
               f"(Kynkäänniemi et al. 2019, k = {f['precision_recall']['k']}, {f['precision_recall']['n_generated']} "
-              f"generated vs {f['precision_recall']['n_real']} corpus maps).", "",
+              f"generated vs {f['precision_recall']['n_real']} corpus maps)" + (
+                  "; the corpus's two halves against each other: precision "
+                  f"{_f(f['precision_recall_corpus_split_half']['precision'])}, recall "
+                  f"{_f(f['precision_recall_corpus_split_half']['recall'])}."
+                  if f.get("precision_recall_corpus_split_half") else "."), "",
               "| tier | n generated | n corpus | FD | corpus split-half | ratio |", "|---|---|---|---|---|---|"]
     for t, e in f["fd"].items():
         lines.append(f"| {t} | {e['n_generated']} | {e['n_reference']} | {_f(e['fd'], 1)} | {_f(e['split_half'], 1)} "

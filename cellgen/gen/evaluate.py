@@ -170,15 +170,17 @@ def evaluate_contours(gen, ref: Reference, *, n: int = 256, n_diversity: int = 6
     sg, sr = iou_summary(iou_gen), iou_summary(iou_ref)
     diversity = {"generated": sg, "corpus": sr, "ratio": sg["mean"] / sr["mean"] if sr["mean"] > 0 else None,
                  "closest_generated": closest_pairs(iou_gen, 6), "closest_corpus": closest_pairs(iou_ref, 2),
-                 "histogram_generated": iou_gen[np.triu_indices(len(iou_gen), 1)].tolist(),
-                 "histogram_corpus": iou_ref[np.triu_indices(len(iou_ref), 1)].tolist()}
+                 "histogram_generated": np.round(iou_gen[np.triu_indices(len(iou_gen), 1)], 4).tolist(),
+                 "histogram_corpus": np.round(iou_ref[np.triu_indices(len(iou_ref), 1)], 4).tolist()}
 
     say("features")
     feats = _mask_features(ref.backbone, semantic[:n], cell[:n])
     tiers = np.array([ref.tiers.assign(density.measure(c, ref.pixel_size_um)[ref.tiers.measure]) for c in cell[:n]])
     n_pr = min(len(feats), len(ref.features))
     pr_ref = ref.features[np.unique(np.linspace(0, len(ref.features) - 1, n_pr).round().astype(int))]
-    fidelity = {"precision_recall": precision_recall(pr_ref, feats[:n_pr], k), "fd": {}}
+    fidelity = {"precision_recall": precision_recall(pr_ref, feats[:n_pr], k), "fd": {},
+                # the corpus against itself (two halves): what P and R are at best, at this sample size
+                "precision_recall_corpus_split_half": precision_recall(ref.features[0::2], ref.features[1::2], k)}
     for t in ("all", *ref.tiers.names):
         g = feats if t == "all" else feats[tiers == t]
         r = ref.features if t == "all" else ref.features[ref.tier == t]
