@@ -112,3 +112,25 @@ def test_mesmer_image_mpp_must_be_the_sets_pixel_size():
     assert dc.DeepCellMesmer(image_mpp=0.5).settings_for_set(0.5)["image_mpp"] == 0.5
     with pytest.raises(CellgenError, match="image_mpp 0.65 differs from the set's pixel size 0.5"):
         dc.DeepCellMesmer(image_mpp=0.65).settings_for_set(0.5)
+
+
+def test_a_hanging_name_lookup_is_bounded_too(tmp_path, monkeypatch):
+    """A socket timeout does not cover DNS; a lookup that never returns still ends the download."""
+    import socket
+    import threading
+
+    release = threading.Event()
+
+    def stuck(*args, **kwargs):
+        release.wait(20)
+        raise socket.gaierror("released")
+
+    monkeypatch.setattr(socket, "getaddrinfo", stuck)
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(weights.DownloadError, match="no answer within the timeout") as err:
+            weights.download("http://weights.example.invalid/cyto3", tmp_path / "w", timeout=0.5, progress=False)
+    finally:
+        release.set()
+    assert time.perf_counter() - t0 < 5 and "weights.example.invalid" in str(err.value)
+    assert list(tmp_path.iterdir()) == []

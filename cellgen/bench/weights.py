@@ -4,7 +4,8 @@ A user who is online expects a segmenter to get its own weights, the way CellPos
 do when run by hand. Their own downloaders wait forever on a stalled connection and leave a
 half-written file behind on an interrupt; these do neither:
 
-- every connect and every read waits at most ``timeout`` seconds;
+- the host name lookup, every connect and every read wait at most ``timeout`` seconds (a
+  socket timeout alone does not bound the lookup, which hangs on a machine with broken DNS);
 - the file is written beside its destination under a temporary name and renamed into place
   only once complete (and, when a checksum is known, checked), so a cache never holds a
   truncated file;
@@ -23,6 +24,7 @@ import json
 import os
 import socket
 import tempfile
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -58,8 +60,31 @@ def _reason(err: BaseException) -> str:
     return " ".join(str(reason).split()) or type(reason).__name__
 
 
+def _resolve(url: str, timeout: float) -> None:
+    """Look the host of ``url`` up within ``timeout`` seconds, or raise TimeoutError."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.hostname:
+        return  # urlopen names the bad address itself
+    errors: list[BaseException] = []
+
+    def lookup():
+        try:
+            socket.getaddrinfo(parts.hostname, parts.port or 443, type=socket.SOCK_STREAM)
+        except OSError as err:
+            errors.append(err)
+
+    worker = threading.Thread(target=lookup, daemon=True)  # a stuck lookup is left behind, not waited for
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise TimeoutError(f"looking up {parts.hostname} took over {timeout:g} s")
+    if errors:
+        raise errors[0]
+
+
 def _open(request, timeout: float, what: str, fallback: str):
     try:
+        _resolve(request.full_url, timeout)
         return urllib.request.urlopen(request, timeout=timeout)
     except (urllib.error.URLError, OSError, ValueError) as err:
         where = request.full_url if isinstance(request, urllib.request.Request) else request
@@ -160,6 +185,10 @@ def fetch_deepcell_asset(
                             f"get a token at https://users.deepcell.org and export it, or {fallback}")
     endpoint = endpoint or DEEPCELL_API
     body = urllib.parse.urlencode({"s3_key": asset_key}).encode()
+    try:
+        _resolve(endpoint, timeout)
+    except OSError as err:
+        raise DownloadError(f"{what}: cannot reach {endpoint} ({_reason(err)}); offline? {fallback}") from None
     request = urllib.request.Request(endpoint, data=body, method="POST",
                                      headers={"X-Api-Key": token, "User-Agent": "cellgen"})
     try:
