@@ -139,6 +139,14 @@ def test_fingerprint_tolerates_rounding_but_not_changes(tiny_registry, tmp_path,
         assert code == 1 and f"  {name}: different" in out and (name == "attributes" or "max |diff|" in out)
 
 
+def test_malformed_registered_fingerprint_is_one_line(tiny_registry):
+    mine = fingerprint.fingerprint(tiny_registry["reference"])
+    for bad in ({"scheme": 1}, {"scheme": 2, "arrays": {}}, {**mine, "arrays": {"images": {"kind": "image"}}}):
+        with pytest.raises(CellgenError) as err:
+            fingerprint.compare(mine, bad)
+        assert "\n" not in str(err.value) and "fingerprint" in str(err.value)
+
+
 def test_build_refuses_a_set_with_other_masks(tiny_registry, tmp_path, monkeypatch):
     monkeypatch.setenv("CELLGEN_CHECKPOINTS", tiny_registry["env"]["CELLGEN_CHECKPOINTS"])
     monkeypatch.setenv("CELLGEN_DATA", str(tmp_path))

@@ -200,9 +200,17 @@ def _compare_tables(name, kind, mine, ref, tol) -> ArrayCheck:
 
 def compare(mine: dict, ref: dict) -> list[ArrayCheck]:
     """Check a fingerprint against a reference one, array by array (then the attributes)."""
-    if int(ref.get("scheme", -1)) != SCHEME or int(mine.get("scheme", -1)) != SCHEME:
-        raise DatasetError(f"fingerprint scheme {ref.get('scheme')!r} is not known to this cellgen "
+    if not isinstance(ref, dict) or ref.get("scheme") != SCHEME or mine.get("scheme") != SCHEME:
+        scheme = ref.get("scheme") if isinstance(ref, dict) else None
+        raise DatasetError(f"fingerprint scheme {scheme!r} is not known to this cellgen "
                            f"(it reads scheme {SCHEME}); upgrade cellgen")
+    try:
+        return _compare(mine, ref)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise DatasetError(f"the reference fingerprint is malformed ({type(err).__name__}: {err})") from None
+
+
+def _compare(mine: dict, ref: dict) -> list[ArrayCheck]:
     checks: list[ArrayCheck] = []
     a_arr, r_arr = mine["arrays"], ref["arrays"]
     for name in sorted(set(a_arr) | set(r_arr)):
