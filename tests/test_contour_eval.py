@@ -129,8 +129,11 @@ def test_continued_training_warms_up_d_without_touching_g(models, tmp_path):
     from cellgen.checkpoint import load_checkpoint
     from cellgen.gen.train import train_contours
 
-    path = train_contours(models["data"], tmp_path / "ft", preset="tiny", steps=2, init=models["gen"],
-                          d_warmup_kimg=0.008, progress=False)  # 2 steps of batch 4: D only
+    r = CliRunner().invoke(cli, ["train", "contours", "--data", str(models["data"]), "-o", str(tmp_path / "ft"),
+                                 "--preset", "tiny", "--steps", "2", "--init", str(models["gen"]),
+                                 "--d-warmup-kimg", "0.008", "-q"])  # 2 steps of batch 4: D only
+    assert r.exit_code == 0, r.output
+    path = tmp_path / "ft" / "generator.pt"
     start = load_checkpoint(models["gen"], "contour-generator")["state_dict"]
     after = load_checkpoint(path, "contour-generator")["state_dict"]
     assert all(torch.equal(start[k], after[k]) for k in start)

@@ -28,9 +28,13 @@ def train():
 @click.option("--no-dihedral", is_flag=True, help="Do not show real maps in random flips/rotations.")
 @click.option("--max-minutes", type=float, help="Stop (and save) after this wall time; rerun to continue.")
 @click.option("--no-resume", is_flag=True, help="Start over even if the folder holds a snapshot.")
+@click.option("--init", "init", type=click.Path(dir_okay=False),
+              help="Continue training a contour-generator checkpoint of the same preset (G and G_ema; D starts fresh).")
+@click.option("--d-warmup-kimg", default=0.0, show_default=True, type=click.FloatRange(0),
+              help="With --init: train the fresh D alone (G frozen) for this many kimg first.")
 @click.option("-q", "--quiet", is_flag=True)
 def train_contours_cmd(data, output, preset, kimg, steps, batch, augment, seed, device, no_dihedral, max_minutes,
-                       no_resume, quiet):
+                       no_resume, init, d_warmup_kimg, quiet):
     """StyleGAN2 on label maps; writes OUTPUT/generator.pt, snapshots, samples, log.jsonl."""
     from cellgen.gen.train import train_contours
 
@@ -40,7 +44,7 @@ def train_contours_cmd(data, output, preset, kimg, steps, batch, augment, seed, 
         pass
     path = train_contours(data, output, preset, kimg=kimg, steps=steps, batch=batch, seed=seed, device=device,
                           resume=not no_resume, augment=augment, progress=not quiet, dihedral=not no_dihedral,
-                          max_minutes=max_minutes)
+                          max_minutes=max_minutes, init=init, d_warmup_kimg=d_warmup_kimg)
     click.echo(f"wrote {path}")
 
 
