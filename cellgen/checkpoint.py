@@ -26,6 +26,7 @@ import torch
 
 from cellgen.errors import CellgenError, ChecksumMismatch
 from cellgen.fileio import atomic_path, sha256_of
+from cellgen.safe_load import load_weights
 
 FORMAT = "cellgen-checkpoint"
 
@@ -73,10 +74,7 @@ def load_checkpoint(path, kind: str | None = None) -> dict:
             raise CellgenError(f"{sidecar} is not valid JSON") from None
         if meta.get("sha256") and meta["sha256"] != digest:
             raise ChecksumMismatch(f"{path} does not match the sha256 in {sidecar.name}: the file is corrupt or was replaced")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several kinds for a truncated or foreign file
-        raise CellgenError(f"{path} is not a readable cellgen checkpoint: {str(err).splitlines()[0][:200]}") from None
+    payload = load_weights(path, "cellgen checkpoint")  # never runs pickled code; errors are one line
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CellgenError(f"{path} is not a cellgen checkpoint (no '{FORMAT}' marker)")
     if kind is not None and payload.get("kind") != kind:
@@ -88,13 +86,7 @@ def load_checkpoint(path, kind: str | None = None) -> dict:
 
 def load_state_dict_file(path, what: str) -> dict:
     """A foreign weights file (e.g. official pix2pixHD or VGG19) read with ``weights_only``."""
-    path = Path(path)
-    if not path.is_file():
-        raise CellgenError(f"{what} file not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several kinds for a truncated or foreign file
-        raise CellgenError(f"{path} is not a readable {what} file: {str(err).splitlines()[0][:200]}") from None
+    return load_weights(path, what)
 
 
 def load_into(module: torch.nn.Module, state_dict: dict, source: str = "checkpoint") -> None:

@@ -9,6 +9,7 @@ A tier is a named interval of one measure with thresholds stored in every benchm
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,6 +80,8 @@ class TierScheme:
             raise CellgenError(f"unknown density measure '{self.measure}'; choose from: {', '.join(MEASURES)}")
         if len(self.thresholds) != len(self.names) - 1:
             raise CellgenError(f"{len(self.names)} tiers need {len(self.names) - 1} thresholds, got {len(self.thresholds)}")
+        if not all(math.isfinite(t) for t in self.thresholds):
+            raise CellgenError(f"tier thresholds must be finite numbers, got {list(self.thresholds)}")
         if any(b <= a for a, b in zip(self.thresholds, self.thresholds[1:])):
             raise CellgenError(f"tier thresholds must increase, got {list(self.thresholds)}")
         if len(set(self.names)) != len(self.names):

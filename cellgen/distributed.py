@@ -22,6 +22,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing
 import os
+import shutil
 from pathlib import Path
 
 from cellgen.errors import CellgenError
@@ -53,7 +54,7 @@ def drop_stale_parts(folder: Path, keep: set[str]):
     """Delete ``part-*`` files of another shard plan (a rerun with another worker count)."""
     for f in Path(folder).iterdir():
         if f.name.startswith("part-") and f.name not in keep:
-            f.unlink()
+            shutil.rmtree(f) if f.is_dir() else f.unlink()  # a part's .partial is a folder
 
 
 def _init_process(threads: int):

@@ -21,6 +21,7 @@ import shutil
 from pathlib import Path
 
 from cellgen import distributed
+from cellgen.datasets.staging import staging_folder
 from cellgen.errors import DatasetError
 
 PARTS_SUFFIX = ".parts"
@@ -73,12 +74,15 @@ def sample_sharded(output, generator, pairs, *, renderer=None, device: str = "cp
     from cellgen.pipeline import generated_set
 
     output = Path(output).absolute()
-    if output.exists() and not overwrite:
+    # (a run killed right after its merge was renamed into place leaves the merge's folder: finished)
+    if output.exists() and not overwrite and not staging_folder(output).is_dir():
         raise DatasetError(f"{output} already exists; pass --overwrite to replace it")
     pairs = [(int(s), float(p)) for s, p in pairs]
     kwargs = dict(kwargs, batch_size=batch_size)
     shards = distributed.plan_shards(len(pairs), distributed.n_shards(workers, scheduler), align=batch_size)
     folder = output.with_name(output.name + PARTS_SUFFIX)
+    if overwrite:  # --overwrite starts clean: no part of an earlier run is reused
+        shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
     names = [f"part-{a:09d}-{b:09d}.h5" for a, b in shards]
     distributed.drop_stale_parts(folder, set(names) | {n + ".partial" for n in names})

@@ -14,13 +14,19 @@ polygonal where they meet, round where they are free.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from cellgen.errors import CellgenError
-from cellgen.masks import keep_nucleus_pieces, relabel_sequential, semantic_from_instances
+from cellgen.masks import (
+    keep_nucleus_pieces,
+    relabel_sequential,
+    semantic_from_instances,
+)
+from cellgen.resources import check_simulation_memory
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,11 @@ class SimulationConfig:
     background: float = 0.03
 
     def __post_init__(self):
+        for name in ("pixel_size_um", "cell_radius_um", "cell_radius_cv", "nucleus_ratio", "irregularity",
+                     "elongation", "clustering", "touching", "psf_sigma_um", "background"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise CellgenError(f"{name} must be a finite, non-negative number, got {v}")
         lo, hi = self.count_range
         if self.size < 32:
             raise CellgenError(f"--size must be at least 32 pixels, got {self.size}")
@@ -59,6 +70,25 @@ class SimulationConfig:
             raise CellgenError(f"nucleus_ratio must lie in [0.15, 0.7], got {self.nucleus_ratio}")
         if self.pixel_size_um <= 0 or self.cell_radius_um <= 0:
             raise CellgenError("pixel size and cell radius must be positive")
+        if self.cell_radius_um / self.pixel_size_um < 1.5:
+            raise CellgenError(f"cells of radius {self.cell_radius_um} um are under 2 pixels across at "
+                               f"{self.pixel_size_um} um/px; raise the cell radius or lower the pixel size")
+        if hi > self.max_count:
+            raise CellgenError(
+                f"{hi} cells of radius ~{self.cell_radius_um} um cannot fit a {self.size}x{self.size} image at "
+                f"{self.pixel_size_um} um/px (at most ~{self.max_count} even shrunk and tightly packed); "
+                "lower --count/--density or the cell radius, or raise --size"
+            )
+        check_simulation_memory(self.size)
+
+    @property
+    def max_count(self) -> int:
+        """More cells than this cannot be placed: hexagonal packing of cells at the smallest
+        size the layout shrinks them to (0.6 x 0.9^3 of the radius), at the closest spacing
+        ``touching`` allows. Counts below it may still be refused by the layout itself."""
+        radius_px = self.cell_radius_um / self.pixel_size_um * 0.6 * 0.9**3
+        spacing = 2 * radius_px * (1.05 - 0.4 * self.touching)
+        return int(self.size**2 * 2 / (math.sqrt(3) * spacing**2))
 
     @property
     def count_range(self) -> tuple[int, int]:
@@ -84,6 +114,10 @@ class SimulatedImage:
 
 def count_for_density(cells_per_mm2: float, size: int, pixel_size_um: float) -> int:
     """Cells needed in a size x size image for a target density."""
+    if not math.isfinite(cells_per_mm2) or cells_per_mm2 < 0:
+        raise CellgenError(f"--density must be a finite, non-negative number of cells per mm^2, got {cells_per_mm2}")
+    if not math.isfinite(pixel_size_um) or pixel_size_um <= 0:
+        raise CellgenError(f"--pixel-size must be a finite, positive number, got {pixel_size_um}")
     area_mm2 = (size * pixel_size_um / 1000.0) ** 2
     return int(round(cells_per_mm2 * area_mm2))
 

@@ -49,8 +49,8 @@ def test_touching_raises_contact_fraction():
 
 def test_density_target_and_impossible_requests():
     assert count_for_density(1000, 256, 0.5) == 16
-    with pytest.raises(CellgenError, match="cannot place 400 cells"):
-        simulate_image(0, SimulationConfig(size=128, count=400))
+    with pytest.raises(CellgenError, match="400 cells .* cannot fit a 128x128 image"):
+        SimulationConfig(size=128, count=400)  # refused before any layout is tried
     with pytest.raises(CellgenError, match="count"):
         SimulationConfig(count=(5, 2))
     with pytest.raises(CellgenError, match="touching"):

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from cellgen.cli.root import OrderedGroup, cli, command_line
-from cellgen.cli.options import SCHEDULER, WORKERS, parse_settings, set_file
+from cellgen.cli.options import POSITIVE, SCHEDULER, WORKERS, parse_settings, set_file
 
 
 @cli.group(cls=OrderedGroup, invoke_without_command=True)
@@ -17,7 +17,7 @@ from cellgen.cli.options import SCHEDULER, WORKERS, parse_settings, set_file
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Results folder [default: results/METHOD-SET].")
 @click.option("--model", help="Model name or weights path (cellpose: cyto3/cyto2/cyto or PATH; deepcell: PATH).")
 @click.option("--nuclei-model", help="CellPose model for nuclei (name or PATH).")
-@click.option("--diameter", type=float, help="Expected cell diameter in pixels (CellPose); default automatic.")
+@click.option("--diameter", type=POSITIVE, help="Expected cell diameter in pixels (CellPose); default automatic.")
 @click.option("--predictions", type=click.Path(), help="With --method predictions: HDF5 file or folder of label maps.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Method setting, e.g. --set threshold_method=otsu.")
 @click.option("--variant", "variants", multiple=True, help="Image variant(s) to score [default: all in the set].")
@@ -42,8 +42,11 @@ def bench(ctx, method, data, output, model, nuclei_model, diameter, predictions,
     from cellgen.bench.report import format_table, write_reports
     from cellgen.bench.runner import run_bench
     from cellgen.datasets.h5 import BenchmarkSet
+    from cellgen.datasets.verification import check_before_scoring
 
-    data = str(set_file(data)[0])  # a registered set name works as well as a path
+    path, entry = set_file(data)  # a registered set name works as well as a path
+    check_before_scoring(path, entry)  # a corrupt or altered set is refused before any segmenting
+    data = str(path)
     options = parse_settings(settings)
     given = dict(model=model, nuclei_model=nuclei_model, diameter=diameter, predictions=predictions)
     options.update({k: v for k, v in given.items() if v is not None})
@@ -59,7 +62,6 @@ def bench(ctx, method, data, output, model, nuclei_model, diameter, predictions,
 
     if read_snr_rows(out):  # per SNR tier x density tier: snr.csv, density_x_snr.png
         click.echo("\nper SNR tier (snr.csv, density_x_snr.png):\n" + format_snr_table(read_snr_rows(out)))
-
     click.echo(f"results in {out}/ (per_image.csv, summary.csv, summary.json, summary.png, crowding.csv, crowding.png)")
 
 

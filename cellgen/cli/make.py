@@ -6,6 +6,12 @@ import click
 
 from cellgen.cli.root import cli, command_line, print_summary
 from cellgen.cli.options import (
+    DEVICE,
+    FRACTION,
+    MAX_SEED,
+    NON_NEGATIVE,
+    OUTPUT_FILE,
+    POSITIVE,
     SCHEDULER,
     WORKERS,
     default_checkpoint,
@@ -19,16 +25,16 @@ from cellgen.cli.noise_axis import noise_axis_options
 
 
 @cli.command()
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="HDF5 benchmark set to write.")
+@click.option("-o", "--output", required=True, type=OUTPUT_FILE, help="HDF5 benchmark set to write.")
 @click.option("--n", "n_images", default=10, show_default=True, type=click.IntRange(1), help="Number of images.")
 @click.option("--count", default="12", show_default=True, help="Cells per image: N, or LOW:HIGH drawn per image.")
-@click.option("--density", type=float, default=None, help="Target cells per mm^2 (overrides --count).")
+@click.option("--density", type=NON_NEGATIVE, default=None, help="Target cells per mm^2 (overrides --count).")
 @click.option("--size", default=256, show_default=True, type=click.IntRange(32), help="Image side in pixels.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Image i uses seed SEED + i.")
-@click.option("--pixel-size", default=0.5, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Micrometres per pixel.")
-@click.option("--cell-radius", default=9.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Mean cell radius in um.")
-@click.option("--touching", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="0 keeps cells apart, 1 packs them.")
-@click.option("--clustering", default=0.3, show_default=True, type=click.FloatRange(0, 1), help="Fraction of cells placed next to another.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED), help="Image i uses seed SEED + i.")
+@click.option("--pixel-size", default=0.5, show_default=True, type=POSITIVE, help="Micrometres per pixel.")
+@click.option("--cell-radius", default=9.0, show_default=True, type=POSITIVE, help="Mean cell radius in um.")
+@click.option("--touching", default=0.5, show_default=True, type=FRACTION, help="0 keeps cells apart, 1 packs them.")
+@click.option("--clustering", default=0.3, show_default=True, type=FRACTION, help="Fraction of cells placed next to another.")
 @click.option("--variants", default="clean,gaussian,poisson", show_default=True,
               help="Image variants: clean, noise presets, cameras (ccd-icx285, ...; NAME@PHOTONS), cellpose3.")
 @noise_axis_options
@@ -57,7 +63,7 @@ def simulate(output, n_images, count, density, size, seed, pixel_size, cell_radi
 
 
 @cli.command()
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="HDF5 benchmark set to write.")
+@click.option("-o", "--output", required=True, type=OUTPUT_FILE, help="HDF5 benchmark set to write.")
 @click.option("--checkpoint", help="Contour generator (.pt, or an official stylegan2-ada .pkl) [default: shipped].")
 @click.option("--renderer", help="Renderer checkpoint (.pt) [default: shipped; 'none' for masks only].")
 @click.option("--psi", default="1", show_default=True, help="Truncation psi value(s), comma-separated; any real.")
@@ -68,13 +74,13 @@ def simulate(output, n_images, count, density, size, seed, pixel_size, cell_radi
 @click.option("--variants", default="clean,gaussian,poisson", show_default=True,
               help="Image variants (with a renderer): as for simulate.")
 @noise_axis_options
-@click.option("--pixel-size", type=click.FloatRange(min=0, min_open=True), help="um/px [default: the generator's training data].")
+@click.option("--pixel-size", type=POSITIVE, help="um/px [default: the generator's training data].")
 @click.option("--size", type=click.IntRange(8), help="Image side in px; label maps are resampled to it "
               "[default: the renderer's training scale, else the generator's resolution].")
 @click.option("--tier-measure", default="cells_per_mm2", show_default=True)
 @click.option("--tier-thresholds", default="700,1600", show_default=True)
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--device", default="cpu", show_default=True, type=DEVICE, help="cpu, cuda or cuda:N.")
 @WORKERS
 @SCHEDULER
 @click.option("--overwrite", is_flag=True)
@@ -84,6 +90,7 @@ def sample(output, checkpoint, renderer, psi, seeds, target_tier, target_count, 
     """Generate a benchmark set: contours -> exact masks -> rendered images -> noise variants."""
     from cellgen.density import TierScheme
     from cellgen.pipeline import generated_set, matched_size
+    from cellgen.resources import check_model_memory
 
     psis, seed_list = parse_floats(psi, "--psi"), parse_seeds(seeds)  # bad options fail before models load
     gen = load_generator(checkpoint, device)
@@ -93,6 +100,7 @@ def sample(output, checkpoint, renderer, psi, seeds, target_tier, target_count, 
 
         rend = Renderer.load(renderer or default_checkpoint("renderer"), device=device)
     size = size or matched_size(gen, rend)
+    check_model_memory(size, batch_size)  # before any draw: --size 100000 is refused, with the estimate
     if rend is not None:
         rend.check_size(size, size)
     pixel_size = pixel_size or gen.pixel_size_at(size)
@@ -135,12 +143,12 @@ def sample(output, checkpoint, renderer, psi, seeds, target_tier, target_count, 
 
 @cli.command()
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="Set whose masks to render.")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="New set with images.")
+@click.option("-o", "--output", required=True, type=OUTPUT_FILE, help="New set with images.")
 @click.option("--checkpoint", help="Renderer checkpoint [default: shipped].")
 @click.option("--variants", default="clean,gaussian,poisson", show_default=True, help="Image variants: as for simulate.")
 @noise_axis_options
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="cpu", show_default=True, type=DEVICE)
 @click.option("--overwrite", is_flag=True)
 @click.option("-q", "--quiet", is_flag=True)
 def render(data, output, checkpoint, noise_args, batch_size, device, overwrite, quiet):

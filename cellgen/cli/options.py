@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import click
 
@@ -19,14 +20,85 @@ NOISE_MODE = click.option("--noise-mode", default="random", show_default=True,
                                "one field (the official protocol: near-identical layouts across seeds).")
 
 
+#: more images than this in one command is a typo, not a benchmark (and would not fit anyway)
+MAX_IMAGES = 10_000_000
+#: seeds are stored as int64 and feed numpy/torch generators: 0 <= seed <= MAX_SEED
+MAX_SEED = 2**62
+
+
+class FiniteFloat(click.ParamType):
+    """A number that must be finite (no nan, inf) and lie in a range: checked before any work."""
+
+    name = "number"
+
+    def __init__(self, min=None, max=None, min_open=False):
+        self.min, self.max, self.min_open = min, max, min_open
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        else:
+            try:
+                number = float(str(value).strip())
+            except ValueError:
+                self.fail(f"expected a number, got {value!r}", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"must be a finite number, got {value}", param, ctx)
+        if self.min is not None and (number < self.min or (self.min_open and number == self.min)):
+            self.fail(f"must be {'above' if self.min_open else 'at least'} {self.min:g}, got {value}", param, ctx)
+        if self.max is not None and number > self.max:
+            self.fail(f"must be at most {self.max:g}, got {value}", param, ctx)
+        return number
+
+
+POSITIVE = FiniteFloat(min=0, min_open=True)
+NON_NEGATIVE = FiniteFloat(min=0)
+FRACTION = FiniteFloat(min=0, max=1)
+
+
+class OutputFile(click.Path):
+    """A file to write: not empty, not a folder (checked before any work)."""
+
+    def __init__(self):
+        super().__init__(dir_okay=False)
+
+    def convert(self, value, param, ctx):
+        if not str(value).strip():
+            self.fail("the output file name is empty", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+OUTPUT_FILE = OutputFile()
+
+
+class Device(click.ParamType):
+    """``cpu``, ``cuda`` or ``cuda:N``; whether that GPU exists is checked when models load."""
+
+    name = "device"
+
+    def convert(self, value, param, ctx):
+        text = str(value).strip().lower()
+        kind, _, index = text.partition(":")
+        if kind == "cpu" and not index or kind == "cuda" and (not index or index.isdigit()):
+            return text
+        self.fail(f"unknown device {value!r}; use cpu, cuda or cuda:N", param, ctx)
+
+
+DEVICE = Device()
+
+
 def parse_count(text: str):
     try:
         if ":" in text:
             lo, hi = (int(t) for t in text.split(":", 1))
-            return (lo, hi)
-        return int(text)
+            count = (lo, hi)
+        else:
+            lo = hi = count = int(text)
     except ValueError:
         raise click.BadParameter(f"expected N or LOW:HIGH, got {text!r}") from None
+    if lo < 0 or hi < lo:
+        raise click.BadParameter(f"expected N >= 0 or LOW:HIGH with 0 <= LOW <= HIGH, got {text!r}")
+    return count
 
 
 def parse_list(text: str) -> list[str]:
@@ -35,16 +107,23 @@ def parse_list(text: str) -> list[str]:
 
 def parse_seeds(text: str) -> list[int]:
     """``0-299``, ``1,5,9`` or a mix (``0-9,20-29``) -> list of seeds, in order."""
-    seeds = []
+    ranges = []
     try:
         for part in text.split(","):
             part = part.strip()
             if not part:
                 continue
             lo, sep, hi = part.partition("-") if not part.startswith("-") else (part, "", "")
-            seeds.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+            ranges.append(range(int(lo), int(hi) + 1) if sep else range(int(lo), int(lo) + 1))
     except ValueError:
         raise click.BadParameter(f"expected seeds like 0-299 or 1,5,9, got {text!r}", param_hint="--seeds") from None
+    if any(r.start < 0 or r.stop - 1 > MAX_SEED for r in ranges):
+        raise click.BadParameter(f"seeds must lie in 0..{MAX_SEED}, got {text!r}", param_hint="--seeds")
+    total = sum(len(r) for r in ranges)  # counted before a list of a billion seeds is made
+    if total > MAX_IMAGES:
+        raise click.BadParameter(f"{total} seeds is more than the {MAX_IMAGES} one command can make",
+                                 param_hint="--seeds")
+    seeds = [s for r in ranges for s in r]
     if not seeds:
         raise click.BadParameter("no seeds given", param_hint="--seeds")
     return seeds
@@ -55,6 +134,8 @@ def parse_floats(text: str, name: str) -> list[float]:
         values = [float(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise click.BadParameter(f"expected comma-separated numbers, got {text!r}", param_hint=name) from None
+    if not all(math.isfinite(v) for v in values):
+        raise click.BadParameter(f"values must be finite numbers, got {text!r}", param_hint=name)
     if not values:
         raise click.BadParameter("no values given", param_hint=name)
     return values

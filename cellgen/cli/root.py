@@ -72,10 +72,11 @@ def print_summary(path):
 
 def main(argv=None):
     """Entry point: user-facing errors become one line on stderr and exit status 1."""
+    _terminate_like_ctrl_c()
     try:
         cli.main(args=argv, prog_name="cellgen", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("cellgen: aborted", err=True)
+    except click.exceptions.Abort:  # click's form of Ctrl-C (and so of SIGTERM)
+        click.echo("cellgen: interrupted; rerun the same command to resume", err=True)
         sys.exit(130)
     except click.UsageError as err:
         where = err.ctx.command_path if err.ctx else "cellgen"
@@ -92,5 +93,27 @@ def main(argv=None):
     except KeyboardInterrupt:
         click.echo("cellgen: interrupted; rerun the same command to resume", err=True)
         sys.exit(130)
+    except MemoryError:
+        click.echo("cellgen: error: out of memory; use a smaller --size, --n or --batch-size", err=True)
+        sys.exit(1)
+    except OSError as err:  # the system said no (full disk, permissions, a vanished file)
+        text = (str(err).splitlines() or [type(err).__name__])[0]
+        if getattr(err, "errno", None) == 28:
+            text += "; free space and rerun the same command to resume"
+        click.echo(f"cellgen: error: {text}", err=True)
+        sys.exit(1)
+
+
+def _terminate_like_ctrl_c():
+    """SIGTERM (a scheduler's or a container's stop) ends a run the way Ctrl-C does: complete
+    images are kept and the same command resumes."""
+    import signal
+    import threading
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
 
 

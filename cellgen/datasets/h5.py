@@ -306,7 +306,7 @@ class BenchmarkWriter:
             return
         try:  # keep what is complete, but never hide the error that stopped the run
             self.close()
-        except Exception:
+        except (CellgenError, OSError):
             pass
 
 

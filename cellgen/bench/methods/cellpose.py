@@ -29,6 +29,7 @@ from cellgen.bench import weights as weights_download
 from cellgen.bench.methods.base import Method, MethodUnavailable, Segmentation, check_image
 from cellgen.errors import CellgenError
 from cellgen.fileio import file_digest
+from cellgen.safe_load import load_error, load_weights
 
 PIP_COMMAND = "pip install cellpose==3.1.1.3"
 _MODEL_URL = "https://www.cellpose.org/models"
@@ -105,6 +106,8 @@ class _Model:
         path = Path(self.spec).expanduser()
         if path.is_file():
             self.builtin, self.weights = False, path.resolve()
+            # read once safely now: a foreign or hostile file is one line before any image is scored
+            load_weights(self.weights, f"CellPose {self.role} model")
             return [self.weights]
         names = list(cp_models.MODEL_NAMES) + list(cp_models.get_user_models())
         if self.spec not in names:
@@ -266,7 +269,10 @@ class CellPose(Method):
         elif m.builtin:
             net = cp_models.CellposeModel(gpu=gpu, model_type=m.spec)
         else:
-            net = cp_models.CellposeModel(gpu=gpu, pretrained_model=str(m.weights))
+            try:
+                net = cp_models.CellposeModel(gpu=gpu, pretrained_model=str(m.weights))
+            except Exception as err:  # CellPose passes torch's multi-line errors through
+                raise load_error(m.weights, err, f"CellPose {role} model") from None
         self._loaded[role] = net
         return net
 
