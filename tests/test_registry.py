@@ -149,7 +149,9 @@ def test_build_small_standard_set_gives_registered_sha(tmp_path, monkeypatch):
 
 def test_build_with_foreign_checksum_keeps_nothing(tmp_path, monkeypatch):
     reg = registry.load_registry(registry.REGISTRY_FILE)
-    reg["sets"]["dsb2018-slice"]["versions"]["1"]["sha256"] = "0" * 64
+    entry = reg["sets"]["dsb2018-slice"]["versions"]["1"]
+    entry["sha256"] = "0" * 64  # neither the bytes nor (below) the fingerprint of what gets built
+    entry["fingerprint"]["arrays"]["masks/cell"]["sha256"] = "0" * 64
     pytest.importorskip("stardist")
     with pytest.raises(CellgenError, match="nothing was kept"):
         registry.build("dsb2018-slice", tmp_path / "d.h5", progress=False, registry=reg)

@@ -22,7 +22,7 @@ from pathlib import Path
 from cellgen.errors import CellgenError
 from cellgen.fileio import atomic_path
 
-_COMPACT = ("mean", "values")  # long per-image tables: one line each in the registry file
+_COMPACT = ("mean", "values", "shape")  # fingerprint lists: one line each in the registry file
 
 
 def dumps_registry(data: dict) -> str:
