@@ -34,15 +34,13 @@ def small_set(tmp_path_factory):
 @pytest.fixture(scope="session")
 def models(tmp_path_factory):
     """A tiny contour generator and renderer, each trained 3 steps through the CLI on 8 maps."""
-    import subprocess
-    import sys
+    from tests.cli_runner import run_cli
 
     root = tmp_path_factory.mktemp("models")
     data = simulate_set(root / "train.h5", SimulationConfig(size=64, count=(1, 5), cell_radius_um=5), 8, seed=0,
                         variants=[], progress=False)
     for args in (("contours", "-o", "gen", "--preset", "tiny", "--steps", "3"),
                  ("renderer", "-o", "rend", "--preset", "tiny", "--steps", "3")):
-        r = subprocess.run([sys.executable, "-m", "cellgen", "train", args[0], "--data", str(data), *args[1:], "-q"],
-                           capture_output=True, text=True, cwd=root)
+        r = run_cli("train", args[0], "--data", str(data), *args[1:], "-q", cwd=root)
         assert r.returncode == 0, r.stderr
     return {"root": root, "gen": root / "gen" / "generator.pt", "rend": root / "rend" / "renderer.pt", "data": data}

@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -10,12 +8,9 @@ from cellgen.bench.runner import load_records, run_bench
 from cellgen.datasets.export import export_set
 from cellgen.datasets.h5 import BenchmarkSet
 from cellgen.errors import CellgenError
+from tests.cli_runner import run_cli as cli
 
 TIERS = ["low", "medium", "high"]
-
-
-def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "cellgen", *args], capture_output=True, text=True, cwd=cwd)
 
 
 def one_line_error(result, text):

@@ -4,18 +4,12 @@ import csv
 import hashlib
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from cellgen.distributed import plan_shards
 from cellgen.sample_shards import sample_part
-
-
-def cli(*args, cwd=None, env=None):
-    return subprocess.run([sys.executable, "-m", "cellgen", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env)
+from tests.cli_runner import run_cli as cli
 
 
 def sha(path):
@@ -26,8 +20,6 @@ def one_line_error(result, text):
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and text in lines[0], result.stderr
-
-
 
 
 @pytest.fixture(scope="module")

@@ -2,18 +2,14 @@
 
 import hashlib
 import json
-import subprocess
-import sys
+from collections import Counter
 
 import numpy as np
 import pytest
 
 from cellgen.datasets.h5 import BenchmarkSet
 from cellgen.simulate import SimulationConfig
-
-
-def cli(*args, cwd=None, env=None):
-    return subprocess.run([sys.executable, "-m", "cellgen", *args], capture_output=True, text=True, cwd=cwd, env=env)
+from tests.cli_runner import run_cli as cli
 
 
 
@@ -52,14 +48,26 @@ def test_masks_only_then_render(models, tmp_path):
         assert list(rendered.metadata["seed"]) == list(m.metadata["seed"])
 
 
-def test_targeted_sampling_hits_the_requested_range(models, tmp_path):
-    r = cli("sample", "--checkpoint", str(models["gen"]), "--renderer", "none", "--psi", "0,1", "--count", "1:500",
-            "--n", "3", "-o", "t.h5", cwd=tmp_path)
+def test_targeted_sampling_keeps_exactly_the_draws_in_range(models, tmp_path):
+    # every (seed, psi) of the first batch of draws, untargeted: which of them have which count
+    base = ["sample", "--checkpoint", str(models["gen"]), "--renderer", "none", "--psi", "0,1", "-q"]
+    r = cli(*base, "--seeds", "0-7", "-o", "all.h5", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    with BenchmarkSet(tmp_path / "all.h5") as ds:
+        drawn = {(int(s), float(p)): int(c) for s, p, c in zip(ds.metadata["seed"], ds.metadata["psi"],
+                                                              ds.metadata["count"])}
+    common, hits = Counter(drawn.values()).most_common(1)[0]
+    assert hits >= 2, f"the tiny generator gave no cell count twice in 16 draws: {drawn}"
+    # draws run seed batches, psi by psi: the first two hits in that order are the ones kept
+    order = [(s, p) for p in (0.0, 1.0) for s in range(8)]
+    expected = sorted([sp for sp in order if drawn[sp] == common][:2])
+    r = cli(*base, "--count", f"{common}:{common}", "--n", "2", "-o", "t.h5", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     with BenchmarkSet(tmp_path / "t.h5") as ds:
-        assert ds.n == 3 and ((ds.metadata["count"] >= 1) & (ds.metadata["count"] <= 500)).all()
+        assert (ds.metadata["count"] == common).all()
+        assert [(int(s), float(p)) for s, p in zip(ds.metadata["seed"], ds.metadata["psi"])] == expected
         recipe = json.loads(ds.attrs["recipe"])
-        assert recipe["target"]["n"] == 3 and recipe["target"]["draws"] >= 3
+        assert recipe["target"]["n"] == 2 and recipe["target"]["draws"] == 16  # one batch of 8 seeds x 2 psi
 
 
 def test_psi_sweep_reports_monotonic_fractions(models, tmp_path):
@@ -67,8 +75,16 @@ def test_psi_sweep_reports_monotonic_fractions(models, tmp_path):
             "-o", "sweep", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     result = json.loads((tmp_path / "sweep" / "psi_sweep.json").read_text())
-    assert np.array(result["psi_table"]).shape == (5, 5)
-    assert 0 <= result["psi_monotonic_fraction"] <= 1 and 0 <= result["direction_monotonic_fraction"] <= 1
+    for table, key in ((result["psi_table"], "psi_monotonic_fraction"),
+                       (result["direction_table"], "direction_monotonic_fraction")):
+        table = np.array(table)
+        assert table.shape == (5, 5)
+        # a seed counts as monotonic when its row never rises after falling or falls after rising
+        steps = np.sign(np.diff(table, axis=1))
+        monotonic = [not ({1.0, -1.0} <= set(row)) for row in steps]
+        assert result[key] == pytest.approx(sum(monotonic) / 5)
+    counts = np.array(result["psi_table"])
+    assert counts.min() >= 0 and np.all(counts == np.round(counts))  # measure 'count' counts cells
     assert (tmp_path / "sweep" / "psi_sweep.png").exists() and (tmp_path / "sweep" / "direction_sweep.png").exists()
 
 

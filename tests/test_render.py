@@ -389,6 +389,11 @@ def test_evaluate_renderer_on_tiny_data(trained, tiny_set, tmp_path):
                 assert 0.0 <= res[role][fg][k] <= 1.0, (role, fg, k)
     st = res["intensity"]["rendered"]["nucleus"]
     assert set(st) == {"nucleus", "cytoplasm", "background"} and {"mean", "std"} <= set(st["nucleus"])
-    assert res["reference"]["paper_pix2pixhd"]["mIoU"] == pytest.approx(0.8827)
     assert (tmp_path / "render_eval.png").stat().st_size > 0
-    assert json.loads((tmp_path / "render_eval.json").read_text())["setup"]["n_test"] == 2
+    saved = json.loads((tmp_path / "render_eval.json").read_text())
+    assert saved["setup"]["n_test"] == 2
+    # the file holds the scores this run computed, not a template: every role and metric
+    for role in ("real", "rendered", "rendered_train"):
+        for fg in ("cell", "nucleus"):
+            assert saved[role][fg] == pytest.approx(res[role][fg]), (role, fg)
+    assert saved["intensity"]["rendered"]["nucleus"]["nucleus"] == pytest.approx(st["nucleus"])
