@@ -1,5 +1,4 @@
 import hashlib
-import subprocess
 import sys
 
 import numpy as np
@@ -8,10 +7,7 @@ from PIL import Image
 
 from cellgen.datasets.export import read_label_file
 from cellgen.datasets.h5 import BenchmarkSet
-
-
-def run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "cellgen", *args], capture_output=True, text=True, cwd=cwd)
+from tests.cli_runner import run_cli as run
 
 
 def assert_one_line_error(result, text):

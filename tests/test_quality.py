@@ -1,7 +1,5 @@
 import hashlib
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,16 +11,13 @@ from cellgen.quality import report as q_report
 from cellgen.errors import CellgenError
 from cellgen.pipeline import simulate_set
 from cellgen.simulate import SimulationConfig
+from tests.cli_runner import run_cli as run
 
 # sha256 of "key:shape" lines (in order) of torchvision's Inception3(num_classes=1008,
 # aux_logits=False) with pytorch-fid's FID blocks: the layout pytorch-fid loads
 # pt_inception-2015-12-05-6726825d.pth into (566 entries, num_batches_tracked included).
 # Computed once from torchvision 0.28.0's source; cellgen itself never imports torchvision.
 FID_LAYOUT_SHA256 = "2b3c5a82374d4f7e4f3f4c64fb53c93f8b59aaf4d85ac795e743ad11373aee9d"
-
-
-def run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "cellgen", *args], capture_output=True, text=True, cwd=cwd)
 
 
 def one_line_error(result):
