@@ -220,6 +220,17 @@ def test_train_and_resume(tiny_set, tmp_path):
     info = json.loads(out.with_suffix(".json").read_text())["info"]
     assert info["steps"] == 4 and info["device"] == "cpu"
 
+    # resuming is for the same run: another seed, or other data under any name, is refused in one line
+    before = (run / "snapshot.pt").read_bytes()
+    with pytest.raises(CellgenError, match="other seed; resume with the same options") as err:
+        train_contours(tiny_set, run, **dict(kw, seed=4))
+    assert "\n" not in str(err.value)
+    other = simulate_set(tmp_path / "other.h5", SimulationConfig(size=64, count=(1, 6), pixel_size_um=1.0), 8,
+                         seed=1, variants=[], progress=False)
+    with pytest.raises(CellgenError, match="other data;"):
+        train_contours(other, run, **kw)
+    assert (run / "snapshot.pt").read_bytes() == before
+
     # an uninterrupted run with the same seed ends with the same weights (CPU determinism)
     straight = train_contours(tiny_set, tmp_path / "straight", **kw)
     a, b = ContourGenerator.load(out), ContourGenerator.load(straight)

@@ -41,6 +41,7 @@ Public API: :func:`train_contours`, :func:`load_training_data`, :func:`augment_b
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import sys
@@ -285,7 +286,10 @@ def train_contours(
     snap_path, log_path = out_dir / "snapshot.pt", out_dir / "log.jsonl"
 
     res = int(cfg["resolution"])
-    classes = torch.from_numpy(load_training_data(data, res))
+    maps = load_training_data(data, res)
+    # the data as trained on, whatever its path: a resumed run must see the same maps
+    run["data_sha256"] = hashlib.sha256(np.ascontiguousarray(maps).tobytes()).hexdigest()
+    classes = torch.from_numpy(maps)
     torch.manual_seed(int(seed))
     G, D = Generator(cfg), Discriminator(cfg)
     G_ema = Generator(cfg).eval().requires_grad_(False)
@@ -310,10 +314,11 @@ def train_contours(
             # leaves a complete .pt and a stale sidecar, which is dropped and rewritten
             snap_path.with_suffix(".json").unlink()
             snap = load_checkpoint(snap_path, SNAPSHOT_KIND)
-        saved = snap["config"]
-        if saved.get("model") != {k: v for k, v in cfg.items() if k != "training"} or saved.get("run", {}).get("batch") != batch:
-            raise CellgenError(f"{snap_path} belongs to a different run (preset/batch/model differ); "
-                               "use another output folder or resume=False")
+        changed = _changed_options(snap["config"], {"model": {k: v for k, v in cfg.items() if k != "training"},
+                                                    "training": tr, "run": run})
+        if changed:
+            raise CellgenError(f"{snap_path} belongs to a run with other {', '.join(changed)}; resume with the "
+                               "same options, or use another output folder")
         load_into(nets, snap["state_dict"], source=str(snap_path))
         ex = snap["extra"]
         opt_G.load_state_dict(ex["opt_G"])
@@ -533,6 +538,24 @@ def _map_pixel_size(data, resolution: int) -> float | None:
     with BenchmarkSet(data) as ds:
         side = min(ds.image_size)
     return float(pixel_size) * side / int(resolution)
+
+
+def _changed_options(saved: dict, now: dict) -> list[str]:
+    """What differs between a snapshot's recorded options and this call's, as option names.
+
+    Everything that changes the trained weights counts: the network, the training
+    hyper-parameters, batch, seed, augmentation, the data (by content) and the start weights.
+    Only the data's path may differ (a moved file), and options an older snapshot did not
+    record are not compared.
+    """
+    changed = []
+    if saved.get("model") != now["model"]:
+        changed.append("network (preset)")
+    training = saved.get("training") or {}
+    changed += [k for k in sorted(training) if training[k] != now["training"].get(k)]
+    run = saved.get("run") or {}
+    changed += [k.replace("data_sha256", "data") for k in sorted(run) if k != "data" and run[k] != now["run"].get(k)]
+    return list(dict.fromkeys(changed))
 
 
 def export_generator(run_dir, out_path=None, half: bool = False) -> Path:
