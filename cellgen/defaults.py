@@ -9,6 +9,7 @@ files named in :data:`FILES` there, with their model cards), then the repository
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -40,3 +41,19 @@ def default_checkpoint(kind: str) -> Path:
             f"or train one with 'cellgen train {'contours' if kind == 'generator' else 'renderer'}'"
         )
     return path
+
+
+def model_cards(folder=None) -> list[dict]:
+    """The model cards (``NAME.json`` beside ``NAME.pt``) in ``folder`` (default: the
+    checkpoints folder), each with ``file``, ``default`` (one of :data:`FILES`) and
+    ``weights_present`` added; sorted by file name."""
+    folder = Path(folder) if folder is not None else checkpoints_dir()
+    cards = []
+    for card in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            meta = json.loads(card.read_text())
+        except ValueError:
+            raise CellgenError(f"{card} is not valid JSON (a model card)") from None
+        pt = card.with_suffix(".pt")
+        cards.append(dict(meta, file=pt.name, default=pt.name in FILES.values(), weights_present=pt.exists()))
+    return cards

@@ -11,7 +11,7 @@ Everything works on a generator object with ``w_from_seeds(seeds)``,
 
 Public API: :func:`masks_from_scores`, :func:`measure_ws`, :func:`psi_sweep`,
 :func:`monotonic_fraction`, :func:`fit_density_direction`, :func:`direction_sweep`,
-:func:`targeted_draws`, :func:`plot_sweep`.
+:func:`targeted_draws`, :func:`draw_acceptance`, :func:`plot_sweep`, :func:`sweep_report`.
 """
 
 from __future__ import annotations
@@ -131,6 +131,51 @@ def targeted_draws(gen, accept, n: int, psis, pixel_size_um: float, first_seed: 
                                f"{draws} draws; widen the range or add psi values")
     accepted.sort(key=lambda a: (a[0], a[1]))
     return accepted, draws
+
+
+def draw_acceptance(tiers: density.TierScheme, tier: str | None = None, count: tuple[int, int] | None = None):
+    """The test :func:`targeted_draws` applies to each draw's measures: its density ``tier``
+    under ``tiers``, or a cell ``count`` in ``(low, high)`` (both ends included)."""
+    if (tier is None) == (count is None):
+        raise CellgenError("give exactly one of a tier or a count range")
+    if tier is not None:
+        if tier not in tiers.names:
+            raise CellgenError(f"no density tier '{tier}'; choose from {', '.join(tiers.names)}")
+        return lambda m: tiers.assign(m[tiers.measure]) == tier
+    lo, hi = int(count[0]), int(count[1])
+    if lo > hi:
+        raise CellgenError(f"empty count range {lo}:{hi}")
+    return lambda m: lo <= m["count"] <= hi
+
+
+def sweep_report(gen, out_dir, seeds, psis, fit_seeds, alphas, pixel_size_um: float, measure: str = "count",
+                 noise_mode: str = "random") -> dict:
+    """Density vs psi per seed and along a fitted W density direction, written to ``out_dir``
+    (``psi_sweep.json``, ``psi_sweep.png``, ``direction_sweep.png``); returns the JSON's dict."""
+    import json
+    from pathlib import Path
+
+    from cellgen.fileio import atomic_path
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table = psi_sweep(gen, seeds, psis, pixel_size_um, measure, noise_mode=noise_mode)
+    direction = fit_density_direction(gen, fit_seeds, pixel_size_um, measure=measure, noise_mode=noise_mode)
+    dtable = direction_sweep(gen, direction, seeds, alphas, pixel_size_um, measure=measure, noise_mode=noise_mode)
+    result = {
+        "generator_sha256": gen.sha256, "noise_mode": noise_mode, "measure": measure, "seeds": list(seeds),
+        "psi": list(psis), "psi_table": table.tolist(), "psi_monotonic_fraction": monotonic_fraction(table),
+        "direction_alphas": list(alphas), "direction_table": dtable.tolist(),
+        "direction_monotonic_fraction": monotonic_fraction(dtable),
+        "direction_fit_r2": direction.r2, "direction_fit_seeds": direction.n_fit,
+    }
+    with atomic_path(out / "psi_sweep.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=2))
+    plot_sweep(psis, table, out / "psi_sweep.png", "psi", measure,
+               f"psi: {100 * result['psi_monotonic_fraction']:.0f}% of seeds monotonic")
+    plot_sweep(alphas, dtable, out / "direction_sweep.png", "alpha along density direction", measure,
+               f"W direction: {100 * result['direction_monotonic_fraction']:.0f}% of seeds monotonic")
+    return result
 
 
 def plot_sweep(xs, table, path, xlabel: str, ylabel: str, title: str):

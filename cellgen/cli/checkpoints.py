@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from cellgen.cli.root import OrderedGroup, cli
@@ -18,19 +16,15 @@ def checkpoints():
 def checkpoints_list():
     """Checkpoints in the default folder: $CELLGEN_CHECKPOINTS, else the models installed with
     cellgen (a wheel's cellgen/checkpoints/, a source checkout's checkpoints/)."""
-    from cellgen.defaults import FILES, checkpoints_dir
+    from cellgen.defaults import checkpoints_dir, model_cards
 
-    folder = checkpoints_dir()
-    cards = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    cards = model_cards()
     if not cards:
-        click.echo(f"no checkpoints in {folder}")
+        click.echo(f"no checkpoints in {checkpoints_dir()}")
         return
-    defaults = set(FILES.values())
     for card in cards:
-        meta = json.loads(card.read_text())
-        info = meta.get("info", {})
-        pt = card.with_suffix(".pt")
-        mark = " (default)" if pt.name in defaults else ""
-        click.echo(f"{pt.name}{mark}: {meta.get('kind')}, preset {meta.get('config', {}).get('preset', '?')}, "
-                   f"{info.get('steps', '?')} steps, {meta.get('storage')}, sha256 {meta.get('sha256', '?')[:16]}..."
-                   + ("" if pt.exists() else "  [weights file missing]"))
+        info = card.get("info", {})
+        click.echo(f"{card['file']}{' (default)' if card['default'] else ''}: {card.get('kind')}, "
+                   f"preset {card.get('config', {}).get('preset', '?')}, {info.get('steps', '?')} steps, "
+                   f"{card.get('storage')}, sha256 {card.get('sha256', '?')[:16]}..."
+                   + ("" if card["weights_present"] else "  [weights file missing]"))

@@ -62,8 +62,7 @@ def eval_render(checkpoint, data, output, heldout, segmenter_steps, max_images, 
 @click.option("-q", "--quiet", is_flag=True)
 def eval_quality(generated, reference, backbone, inception_weights, what, max_images, batch_size, device, output, quiet):
     """Feature-space Fréchet distance of generated vs training images and masks, per density tier."""
-    from cellgen.fileio import atomic_path
-    from cellgen.quality import load_backbone, quality_report, report_rows
+    from cellgen.quality import load_backbone, quality_report, report_table, write_report
 
     kinds = parse_list(what)
     if not kinds or any(k not in ("images", "masks") for k in kinds):
@@ -71,17 +70,9 @@ def eval_quality(generated, reference, backbone, inception_weights, what, max_im
     net = load_backbone(backbone, inception_weights=inception_weights, device=device)
     result = quality_report(generated, reference, backbone=net, what=kinds, max_images=max_images,
                             batch_size=batch_size, progress=not quiet)
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "quality.json") as tmp:
-        tmp.write_text(json.dumps(result, indent=2))
-    click.echo(f"{'':8}{'tier':8}{'n gen':>7}{'n ref':>7}{result['metric']:>16}{'ref split-half':>16}")
-    for kind, tier, n_gen, n_ref, fd, floor in report_rows(result):
-        if tier is None:
-            click.echo(f"{kind:8}(no images in one of the sets)")
-            continue
-        click.echo(f"{kind:8}{tier:8}{n_gen:>7}{n_ref:>7}{fd:>16}{floor:>16}")
-    click.echo(f"results in {out / 'quality.json'}")
+    path = write_report(result, output)
+    click.echo("\n".join(report_table(result)))
+    click.echo(f"results in {path}")
 
 
 @eval_group.command("contours")
@@ -147,35 +138,13 @@ def gen_group():
 @NOISE_MODE
 def psi_sweep_cmd(checkpoint, seeds, psi, fit_seeds, alphas, measure, pixel_size, output, device, noise_mode):
     """Density vs psi per seed, its monotonic fraction, and the same for a fitted density direction."""
-    from cellgen.density_control import (
-        direction_sweep,
-        fit_density_direction,
-        monotonic_fraction,
-        plot_sweep,
-        psi_sweep,
-    )
-    from cellgen.fileio import atomic_path
+    from cellgen.density_control import sweep_report
 
+    seeds, psis, alphas = parse_seeds(seeds), parse_floats(psi, "--psi"), parse_floats(alphas, "--alphas")
+    fit_seeds = parse_seeds(fit_seeds)
     gen = load_generator(checkpoint, device)
     pixel_size = pixel_size or float(gen.info.get("pixel_size_um", 0.5))
-    seeds, psis, alphas = parse_seeds(seeds), parse_floats(psi, "--psi"), parse_floats(alphas, "--alphas")
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    table = psi_sweep(gen, seeds, psis, pixel_size, measure, noise_mode=noise_mode)
-    direction = fit_density_direction(gen, parse_seeds(fit_seeds), pixel_size, measure=measure, noise_mode=noise_mode)
-    dtable = direction_sweep(gen, direction, seeds, alphas, pixel_size, measure=measure, noise_mode=noise_mode)
-    result = {
-        "generator_sha256": gen.sha256, "noise_mode": noise_mode, "measure": measure, "seeds": seeds, "psi": psis, "psi_table": table.tolist(),
-        "psi_monotonic_fraction": monotonic_fraction(table), "direction_alphas": alphas,
-        "direction_table": dtable.tolist(), "direction_monotonic_fraction": monotonic_fraction(dtable),
-        "direction_fit_r2": direction.r2, "direction_fit_seeds": direction.n_fit,
-    }
-    with atomic_path(out / "psi_sweep.json") as tmp:
-        tmp.write_text(json.dumps(result, indent=2))
-    plot_sweep(psis, table, out / "psi_sweep.png", "psi", measure,
-               f"psi: {100 * result['psi_monotonic_fraction']:.0f}% of seeds monotonic")
-    plot_sweep(alphas, dtable, out / "direction_sweep.png", "alpha along density direction", measure,
-               f"W direction: {100 * result['direction_monotonic_fraction']:.0f}% of seeds monotonic")
+    result = sweep_report(gen, output, seeds, psis, fit_seeds, alphas, pixel_size, measure, noise_mode=noise_mode)
     click.echo(f"psi: {100 * result['psi_monotonic_fraction']:.0f}% of {len(seeds)} seeds change {measure} "
                f"monotonically; density direction: {100 * result['direction_monotonic_fraction']:.0f}% "
-               f"(fit R^2 {direction.r2:.2f}); results in {out}/")
+               f"(fit R^2 {result['direction_fit_r2']:.2f}); results in {output}/")

@@ -109,15 +109,14 @@ def sample(output, checkpoint, renderer, psi, seeds, target_tier, target_count, 
     if target_tier or target_count:
         if not n_target:
             raise click.UsageError("--tier/--count need --n (how many images to collect)")
-        from cellgen.density_control import targeted_draws
+        from cellgen.density_control import draw_acceptance, targeted_draws
 
-        if target_tier:
-            if target_tier not in tiers.names:
-                raise click.BadParameter(f"choose from {', '.join(tiers.names)}", param_hint="--tier")
-            accept = lambda m: tiers.assign(m[tiers.measure]) == target_tier  # noqa: E731
-        else:
-            lo, hi = parse_count(target_count) if ":" in target_count else (int(target_count),) * 2
-            accept = lambda m: lo <= m["count"] <= hi  # noqa: E731
+        if target_tier and target_tier not in tiers.names:
+            raise click.BadParameter(f"choose from {', '.join(tiers.names)}", param_hint="--tier")
+        count = None
+        if not target_tier:
+            count = parse_count(target_count) if ":" in target_count else (parse_count(target_count),) * 2
+        accept = draw_acceptance(tiers, tier=target_tier or None, count=count)
         accepted, draws = targeted_draws(gen, accept, n_target, psis, pixel_size, first_seed=seed_list[0],
                                          batch_size=batch_size, output_size=size)
         pairs = [(a[0], a[1]) for a in accepted]

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from cellgen.cli.root import OrderedGroup, cli
-from cellgen.errors import CellgenError
 
 
 @cli.group(cls=OrderedGroup)
@@ -89,21 +86,9 @@ def train_renderer_cmd(data, output, preset, steps, epochs, batch, crop, max_min
 @click.option("--half", is_flag=True, help="Store float16 weights (half the size; loaded as float32).")
 def train_export(run_dir, output, half):
     """Checkpoint from a run's last snapshot (a run paused by --max-minutes; it stays resumable)."""
-    from cellgen.checkpoint import load_checkpoint
-    from cellgen.gen.train import SNAPSHOT_KIND as GEN_RUN
-    from cellgen.gen.train import export_generator
-    from cellgen.render.train import SNAPSHOT_KIND as RENDER_RUN
-    from cellgen.render.train import export_renderer
+    from cellgen.runs import export_run
 
-    snap = Path(run_dir) / "snapshot.pt"
-    kind = load_checkpoint(snap).get("kind")
-    if kind == GEN_RUN:
-        path = export_generator(run_dir, output, half=half)
-    elif kind == RENDER_RUN:
-        path = export_renderer(run_dir, output, half=half)
-    else:
-        raise CellgenError(f"{snap} is a '{kind}' checkpoint, not a training snapshot")
-    click.echo(f"wrote {path}")
+    click.echo(f"wrote {export_run(run_dir, output, half=half)}")
 
 
 @cli.command("calibrate")

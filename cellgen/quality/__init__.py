@@ -32,7 +32,8 @@ _WHERE = {
     **dict.fromkeys(("BACKBONES", "METRIC_NAMES", "INCEPTION_FILE", "INCEPTION_SHA256", "EFFNET_PACKAGE",
                      "EFFNET_SHA256", "EFFNET_MEAN", "EFFNET_STD", "Backbone", "EfficientNetLite0",
                      "FIDInceptionV3", "effnet_weights_path", "load_backbone"), "backbones"),
-    **dict.fromkeys(("images_to_rgb", "masks_to_rgb", "set_features", "quality_report", "report_rows"), "report"),
+    **dict.fromkeys(("images_to_rgb", "masks_to_rgb", "set_features", "quality_report", "report_rows",
+                     "report_table", "write_report"), "report"),
 }
 
 

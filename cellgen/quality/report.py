@@ -16,8 +16,8 @@ reference's size (images: antialiased bilinear; masks: nearest neighbour, before
 outlines are drawn), so outlines and edges have the same width in pixels in both sets. The
 two sets should cover the same field of view (size x pixel size); the result records both.
 
-Public API: :func:`quality_report`, :func:`report_rows`, :func:`set_features`,
-:func:`images_to_rgb`, :func:`masks_to_rgb`.
+Public API: :func:`quality_report`, :func:`report_rows`, :func:`report_table`, :func:`write_report`,
+:func:`set_features`, :func:`images_to_rgb`, :func:`masks_to_rgb`.
 """
 
 from __future__ import annotations
@@ -199,3 +199,27 @@ def report_rows(result: dict, digits: int = 2):
             fd = "-" if e["fd"] is None else f"{e['fd']:.{digits}f}"
             half = "-" if e["reference_split_half"] is None else f"{e['reference_split_half']:.{digits}f}"
             yield kind, tier, e["n_generated"], e["n_reference"], fd, half
+
+
+def report_table(result: dict) -> list[str]:
+    """The lines of the table ``cellgen eval quality`` prints for a :func:`quality_report` result."""
+    lines = [f"{'':8}{'tier':8}{'n gen':>7}{'n ref':>7}{result['metric']:>16}{'ref split-half':>16}"]
+    for kind, tier, n_gen, n_ref, fd, floor in report_rows(result):
+        if tier is None:
+            lines.append(f"{kind:8}(no images in one of the sets)")
+        else:
+            lines.append(f"{kind:8}{tier:8}{n_gen:>7}{n_ref:>7}{fd:>16}{floor:>16}")
+    return lines
+
+
+def write_report(result: dict, out_dir) -> Path:
+    """``out_dir/quality.json`` (written atomically) for a :func:`quality_report` result."""
+    import json
+
+    from cellgen.fileio import atomic_path
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "quality.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=2))
+    return out / "quality.json"
