@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from cellgen.cli.root import OrderedGroup, cli, command_line
-from cellgen.cli.options import POSITIVE, SCHEDULER, WORKERS, parse_settings, set_file
+from cellgen.cli.options import POSITIVE, QUIET, SCHEDULER, WORKERS, parse_settings, set_file
 
 
 @cli.group(cls=OrderedGroup, invoke_without_command=True)
@@ -30,7 +30,7 @@ from cellgen.cli.options import POSITIVE, SCHEDULER, WORKERS, parse_settings, se
 @WORKERS
 @SCHEDULER
 @click.option("--n-boot", default=1000, show_default=True, type=click.IntRange(10), help="Bootstrap resamples for CIs.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@QUIET
 @click.pass_context
 def bench(ctx, method, data, output, model, nuclei_model, diameter, predictions, settings, variants, tiers,
           limit, exclude_border, jobs, workers, scheduler, n_boot, quiet):

@@ -8,7 +8,7 @@ import click
 
 from cellgen.cli.root import OrderedGroup, cli, command_line, print_summary
 from cellgen.errors import CellgenError
-from cellgen.cli.options import set_file
+from cellgen.cli.options import OVERWRITE, QUIET, set_file, tier_options
 
 
 @cli.group(cls=OrderedGroup)
@@ -88,7 +88,7 @@ def datasets_list(as_json):
 @datasets.command("download")
 @click.argument("name")
 @click.option("--url", help="Download from this mirror instead of the registered addresses.")
-@click.option("-q", "--quiet", is_flag=True)
+@QUIET
 def datasets_download(name, url, quiet):
     """Fetch NAME[@VERSION] into the cache (resumes, checks sha256)."""
     from cellgen.datasets import registry
@@ -100,7 +100,7 @@ def datasets_download(name, url, quiet):
 @click.argument("name")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write here instead of the cache.")
 @click.option("--no-check", is_flag=True, help="Keep the result even if its sha256 differs from the registry.")
-@click.option("-q", "--quiet", is_flag=True)
+@QUIET
 def datasets_build(name, output, no_check, quiet):
     """Rebuild NAME[@VERSION] from its recipe and check it is the registered set: the registered
     sha256, or (on a CPU that rounds differently) a matching fingerprint; see docs/format.md."""
@@ -135,7 +135,7 @@ def _compare_with(path, against: str) -> None:
 @datasets.command("real")
 @click.argument("name")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="File to write [default: NAME.h5].")
-@click.option("--overwrite", is_flag=True)
+@OVERWRITE
 def datasets_real(name, output, overwrite):
     """Build a small real reference set from data a package ships (dsb2018)."""
     from cellgen.datasets.real import build_real_set
@@ -160,10 +160,9 @@ def datasets_real(name, output, overwrite):
                    "channel, or each image's 0.1-99.9 percentiles.")
 @click.option("--drop-cells-without-nucleus", is_flag=True,
               help="Leave out annotated cells that contain no annotated nucleus (else they are refused).")
-@click.option("--tier-measure", default="cells_per_mm2", show_default=True)
-@click.option("--tier-thresholds", default="700,1600", show_default=True)
-@click.option("--overwrite", is_flag=True)
-@click.option("-q", "--quiet", is_flag=True)
+@tier_options
+@OVERWRITE
+@QUIET
 def datasets_import(source, output, cells, nuclei, masks_are, channels, pixel_size, intensity,
                     drop_cells_without_nucleus, tier_measure, tier_thresholds, overwrite, quiet):
     """Import annotated images (CellPose folders, image + label folders, TIFF stacks) as a set."""

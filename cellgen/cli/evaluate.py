@@ -8,7 +8,16 @@ from pathlib import Path
 import click
 
 from cellgen.cli.root import OrderedGroup, cli
-from cellgen.cli.options import NOISE_MODE, default_checkpoint, load_generator, parse_floats, parse_list, parse_seeds
+from cellgen.cli.options import (
+    DEVICE_OPTION,
+    NOISE_MODE,
+    QUIET,
+    default_checkpoint,
+    load_generator,
+    parse_floats,
+    parse_list,
+    parse_seeds,
+)
 
 
 @cli.group("eval", cls=OrderedGroup)
@@ -24,7 +33,7 @@ def eval_group():
 @click.option("--segmenter-steps", default=300, show_default=True, type=click.IntRange(1))
 @click.option("--max-images", default=64, show_default=True, type=click.IntRange(2))
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--device", default="cpu", show_default=True)
+@DEVICE_OPTION
 def eval_render(checkpoint, data, output, heldout, segmenter_steps, max_images, seed, device):
     """Rendering fidelity (the paper's Table 3): a U-Net trained on real pairs segments rendered images."""
     from cellgen.render.evaluate import evaluate_renderer
@@ -57,9 +66,9 @@ def eval_render(checkpoint, data, output, heldout, segmenter_steps, max_images, 
 @click.option("--what", default="images,masks", show_default=True, help="Compare images, masks or both.")
 @click.option("--max-images", type=click.IntRange(2), help="Evenly spaced images per set [default: all].")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
-@click.option("--device", default="cpu", show_default=True)
+@DEVICE_OPTION
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder for quality.json.")
-@click.option("-q", "--quiet", is_flag=True)
+@QUIET
 def eval_quality(generated, reference, backbone, inception_weights, what, max_images, batch_size, device, output, quiet):
     """Feature-space Fréchet distance of generated vs training images and masks, per density tier."""
     from cellgen.quality import load_backbone, quality_report, report_table, write_report
@@ -88,8 +97,8 @@ def eval_quality(generated, reference, backbone, inception_weights, what, max_im
 @click.option("--first-seed", default=0, show_default=True, type=click.IntRange(0))
 @click.option("--k", default=3, show_default=True, type=click.IntRange(1), help="k of the k-NN manifolds (P/R).")
 @NOISE_MODE
-@click.option("--device", default="cpu", show_default=True)
-@click.option("-q", "--quiet", is_flag=True)
+@DEVICE_OPTION
+@QUIET
 def eval_contours(checkpoints, reference, output, n_images, n_reference, n_diversity, psi_seeds, first_seed, k,
                   noise_mode, device, quiet):
     """Contour generator vs its corpus: layout diversity (pairwise IoU, near-duplicates), precision and
@@ -134,7 +143,7 @@ def gen_group():
 @click.option("--measure", default="count", show_default=True)
 @click.option("--pixel-size", type=click.FloatRange(min=0, min_open=True))
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False))
-@click.option("--device", default="cpu", show_default=True)
+@DEVICE_OPTION
 @NOISE_MODE
 def psi_sweep_cmd(checkpoint, seeds, psi, fit_seeds, alphas, measure, pixel_size, output, device, noise_mode):
     """Density vs psi per seed, its monotonic fraction, and the same for a fitted density direction."""

@@ -6,12 +6,14 @@ import click
 
 from cellgen.cli.root import cli, command_line, print_summary
 from cellgen.cli.options import (
-    DEVICE,
+    DEVICE_OPTION,
     FRACTION,
     MAX_SEED,
     NON_NEGATIVE,
     OUTPUT_FILE,
+    OVERWRITE,
     POSITIVE,
+    QUIET,
     SCHEDULER,
     WORKERS,
     default_checkpoint,
@@ -20,6 +22,7 @@ from cellgen.cli.options import (
     parse_floats,
     parse_list,
     parse_seeds,
+    tier_options,
 )
 from cellgen.cli.noise_axis import noise_axis_options
 
@@ -38,10 +41,9 @@ from cellgen.cli.noise_axis import noise_axis_options
 @click.option("--variants", default="clean,gaussian,poisson", show_default=True,
               help="Image variants: clean, noise presets, cameras (ccd-icx285, ...; NAME@PHOTONS), cellpose3.")
 @noise_axis_options
-@click.option("--tier-measure", default="cells_per_mm2", show_default=True, help="Density measure that defines tiers.")
-@click.option("--tier-thresholds", default="700,1600", show_default=True, help="Tier boundaries on that measure.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@tier_options
+@OVERWRITE
+@QUIET
 def simulate(output, n_images, count, density, size, seed, pixel_size, cell_radius, touching, clustering,
              noise_args, tier_measure, tier_thresholds, overwrite, quiet):
     """Write a benchmark set from the procedural cell simulator (no weights needed)."""
@@ -77,14 +79,13 @@ def simulate(output, n_images, count, density, size, seed, pixel_size, cell_radi
 @click.option("--pixel-size", type=POSITIVE, help="um/px [default: the generator's training data].")
 @click.option("--size", type=click.IntRange(8), help="Image side in px; label maps are resampled to it "
               "[default: the renderer's training scale, else the generator's resolution].")
-@click.option("--tier-measure", default="cells_per_mm2", show_default=True)
-@click.option("--tier-thresholds", default="700,1600", show_default=True)
+@tier_options
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
-@click.option("--device", default="cpu", show_default=True, type=DEVICE, help="cpu, cuda or cuda:N.")
+@DEVICE_OPTION
 @WORKERS
 @SCHEDULER
-@click.option("--overwrite", is_flag=True)
-@click.option("-q", "--quiet", is_flag=True)
+@OVERWRITE
+@QUIET
 def sample(output, checkpoint, renderer, psi, seeds, target_tier, target_count, n_target, noise_args, pixel_size,
            size, tier_measure, tier_thresholds, batch_size, device, workers, scheduler, overwrite, quiet):
     """Generate a benchmark set: contours -> exact masks -> rendered images -> noise variants."""
@@ -147,9 +148,9 @@ def sample(output, checkpoint, renderer, psi, seeds, target_tier, target_count, 
 @click.option("--variants", default="clean,gaussian,poisson", show_default=True, help="Image variants: as for simulate.")
 @noise_axis_options
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
-@click.option("--device", default="cpu", show_default=True, type=DEVICE)
-@click.option("--overwrite", is_flag=True)
-@click.option("-q", "--quiet", is_flag=True)
+@DEVICE_OPTION
+@OVERWRITE
+@QUIET
 def render(data, output, checkpoint, noise_args, batch_size, device, overwrite, quiet):
     """Render images for a set's masks into a new set, for example a masks-only set."""
     from cellgen.pipeline import rendered_set
@@ -182,7 +183,7 @@ def preview(file, output, variant, per_tier, no_outlines):
               show_default=True, help="Files per image and mask (tiff, png), the same as OME-TIFF with the pixel "
               "size, or one OME-Zarr (NGFF) image per image with labels/cells and labels/nuclei.")
 @click.option("--variants", default=None, help="Variants to export (default: all).")
-@click.option("-q", "--quiet", is_flag=True)
+@QUIET
 def export_cmd(file, out_dir, fmt, variants, quiet):
     """Write a set as files per image and mask (TIFF, PNG, OME-TIFF) or as OME-Zarr images."""
     from cellgen.datasets.export import export_set

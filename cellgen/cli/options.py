@@ -86,6 +86,19 @@ class Device(click.ParamType):
 
 DEVICE = Device()
 
+# options many commands share, spelt and explained the same way everywhere
+DEVICE_OPTION = click.option("--device", default="cpu", show_default=True, type=DEVICE, help="cpu, cuda or cuda:N.")
+QUIET = click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+OVERWRITE = click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+
+
+def tier_options(command):
+    """``--tier-measure`` and ``--tier-thresholds``: the density tiers a set is graded by."""
+    command = click.option("--tier-thresholds", default="700,1600", show_default=True,
+                           help="Tier boundaries on that measure.")(command)
+    return click.option("--tier-measure", default="cells_per_mm2", show_default=True,
+                        help="Density measure that defines tiers.")(command)
+
 
 def parse_count(text: str):
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from cellgen.cli.root import OrderedGroup, cli
+from cellgen.cli.options import DEVICE_OPTION, QUIET
 
 
 @cli.group(cls=OrderedGroup)
@@ -21,7 +22,7 @@ def train():
 @click.option("--batch", type=click.IntRange(1), help="Batch size [default: the preset's].")
 @click.option("--augment", default="ada", show_default=True, help="ada, none, or a fixed probability.")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--device", default="cpu", show_default=True)
+@DEVICE_OPTION
 @click.option("--no-dihedral", is_flag=True, help="Do not show real maps in random flips/rotations.")
 @click.option("--max-minutes", type=float, help="Stop (and save) after this wall time; rerun to continue.")
 @click.option("--no-resume", is_flag=True, help="Start over even if the folder holds a snapshot.")
@@ -29,7 +30,7 @@ def train():
               help="Continue training a contour-generator checkpoint of the same preset (G and G_ema; D starts fresh).")
 @click.option("--d-warmup-kimg", default=0.0, show_default=True, type=click.FloatRange(0),
               help="With --init: train the fresh D alone (G frozen) for this many kimg first.")
-@click.option("-q", "--quiet", is_flag=True)
+@QUIET
 def train_contours_cmd(data, output, preset, kimg, steps, batch, augment, seed, device, no_dihedral, max_minutes,
                        no_resume, init, d_warmup_kimg, quiet):
     """StyleGAN2 on label maps; writes OUTPUT/generator.pt, snapshots, samples, log.jsonl."""
@@ -65,9 +66,9 @@ def train_contours_cmd(data, output, preset, kimg, steps, batch, augment, seed, 
 @click.option("--decay-fraction", default=0.5, show_default=True, type=click.FloatRange(0, 1),
               help="Last fraction of the steps over which the learning rate decays to 0.")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--device", default="cpu", show_default=True)
+@DEVICE_OPTION
 @click.option("--no-resume", is_flag=True)
-@click.option("-q", "--quiet", is_flag=True)
+@QUIET
 def train_renderer_cmd(data, output, preset, steps, epochs, batch, crop, max_minutes, vgg_weights, init, adapt_init,
                        decay_fraction, seed, device, no_resume, quiet):
     """Pix2PixHD mask -> image; writes OUTPUT/renderer.pt, snapshots, triptychs, log.jsonl."""
@@ -111,8 +112,8 @@ def train_export(run_dir, output, half):
 @click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True),
               help="Stop (and save) after this wall time; rerun the same command to continue.")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--device", default="cpu", show_default=True)
-@click.option("-q", "--quiet", is_flag=True)
+@DEVICE_OPTION
+@QUIET
 def calibrate_cmd(data, output, generator_kimg, renderer_steps, generator_preset, renderer_preset, from_scratch,
                   report_images, segmenter_steps, max_minutes, seed, device, quiet):
     """Train the generator and renderer on your set; writes OUTPUT/generator.pt, renderer.pt, report.md.
