@@ -131,9 +131,13 @@ def test_shipped_registry_entries_are_complete():
         assert s["latest"] in s["versions"]
         for e in s["versions"].values():
             for key in ("description", "schema_version", "sha256", "size_bytes", "urls", "mirrors", "license",
-                        "citation", "recipe"):
+                        "citation", "recipe", "fingerprint"):
                 assert key in e, (name, key)
             assert len(e["sha256"]) == 64
+            # every set says what "the same set" is: exact arrays for masks and metadata, images by their means
+            arrays = e["fingerprint"]["arrays"]
+            assert e["fingerprint"]["scheme"] == 1 and arrays["masks/cell"]["kind"] == "exact", name
+            assert len(arrays["images"]["mean"]) == arrays["images"]["shape"][0], name
             assert not e["urls"]  # nothing is published yet: no invented addresses
 
 
