@@ -284,19 +284,16 @@ def test_failed_download_is_one_line_and_keeps_nothing(empty_cache, model_server
 
 def test_bench_cli_with_trained_model_beats_untrained(trained, tmp_path):
     """The whole `cellgen bench --method cellpose --model PATH` path, trained vs untrained."""
-    import subprocess
-    import sys
-
     from cellgen.pipeline import simulate_set
+    from tests.cli_runner import run_cli
 
     data = simulate_set(tmp_path / "set.h5", SimulationConfig(size=256, count=12, pixel_size_um=PIXEL_SIZE), 2,
                         seed=2000, variants=["poisson"], progress=False)
     f1 = {}
     for name in ("trained", "untrained"):
         out = tmp_path / name
-        r = subprocess.run([sys.executable, "-m", "cellgen", "bench", "--method", "cellpose", "--model",
-                            str(trained[name]), "--set", "nuclei_model=null", "--data", str(data), "-o", str(out),
-                            "--n-boot", "20", "-q"], capture_output=True, text=True)
+        r = run_cli("bench", "--method", "cellpose", "--model", trained[name], "--set", "nuclei_model=null",
+                    "--data", data, "-o", out, "--n-boot", "20", "-q")
         assert r.returncode == 0, r.stderr
         assert "cell" in r.stdout and "poisson" in r.stdout
         summary = json.loads((out / "summary.json").read_text())["summary"]

@@ -246,18 +246,16 @@ def test_worker_start_timeout_kills_it(side_env, random_model):
 def test_bench_cli_runs_mesmer_through_the_side_env(random_model, tmp_path):
     """`cellgen bench --method deepcell --model PATH` end to end (random weights: no quality asserted)."""
     import json
-    import subprocess
-    import sys
 
     from cellgen.pipeline import simulate_set
     from cellgen.simulate import SimulationConfig
+    from tests.cli_runner import run_cli
 
     data = simulate_set(tmp_path / "set.h5", SimulationConfig(size=256, count=10), 2, seed=5, variants=[],
                         progress=False)
     out = tmp_path / "mesmer"
-    r = subprocess.run([sys.executable, "-m", "cellgen", "bench", "--method", "deepcell", "--model",
-                        str(random_model), "--data", str(data), "-o", str(out), "--n-boot", "20", "-q"],
-                       capture_output=True, text=True)
+    r = run_cli("bench", "--method", "deepcell", "--model", random_model, "--data", data, "-o", out, "--n-boot", "20",
+                "-q")
     assert r.returncode == 0, r.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["run"]["method"]["method"] == "deepcell"
