@@ -6,9 +6,12 @@
 A renderer checkpoint is the shared container (:mod:`cellgen.checkpoint`) of kind
 ``renderer``: the generator's config (:func:`cellgen.render.networks.make_config`) and its
 state dict. Rendering runs under ``torch.inference_mode`` with the network in eval mode;
-pix2pixHD's generator has no dropout and no noise input and instance norm uses per-image
-statistics, so the same checkpoint and the same masks give the same image (cuDNN is put
-in deterministic mode on CUDA).
+the generator has no dropout and instance norm uses per-image statistics. A renderer with
+appearance inputs (config ``feat_nc`` / ``noise_nc``, :mod:`cellgen.render.appearance`)
+also takes a seed per image: the cells' intensities and the noise are drawn from it, so
+one mask renders differently under different seeds and the same checkpoint, masks and
+seed give the same image (cuDNN is put in deterministic mode on CUDA). Its checkpoint
+carries the appearance tables next to the weights.
 
 Public API: :class:`Renderer`, :data:`KIND`.
 """
@@ -23,7 +26,7 @@ import torch
 from cellgen.checkpoint import load_checkpoint, load_into, save_checkpoint
 from cellgen.device import compute_dtype, resolve_device  # noqa: F401 - resolve_device re-exported
 from cellgen.errors import CellgenError
-from cellgen.render import networks
+from cellgen.render import appearance, networks
 
 KIND = "renderer"
 
@@ -32,8 +35,11 @@ class Renderer:
     """A trained pix2pixHD generator, ready to render masks."""
 
     def __init__(self, generator: torch.nn.Module, config: dict, device="cpu", sha256: str = "", info: dict | None = None,
-                 precision: str = "float32"):
-        self.config = dict(config)
+                 tables: dict | None = None, precision: str = "float32"):
+        self.config = networks.complete_config(config)
+        self.tables = tables
+        if int(self.config["feat_nc"]) and tables is None:
+            raise CellgenError("this renderer takes appearance features but has no appearance tables")
         self.device = resolve_device(device)
         # float32 rounds differently on CPUs with other instruction sets (images then differ by
         # 1 ADU in ~0.2% of pixels, within a set's image tolerance, docs/format.md); float64 makes
@@ -52,17 +58,21 @@ class Renderer:
         ckpt = load_checkpoint(path, KIND)
         config = ckpt["config"]
         gen = networks.build_generator(config)
-        load_into(gen, ckpt["state_dict"], source=str(path))
+        weights, tables = appearance.split_state(ckpt["state_dict"])
+        load_into(gen, weights, source=str(path))
+        if int(networks.complete_config(config)["feat_nc"]) and tables is None:
+            raise CellgenError(f"{path} takes appearance features but holds no appearance tables")
         info = {}
         sidecar = Path(path).with_suffix(".json")
         if sidecar.exists():
             import json
 
             info = json.loads(sidecar.read_text()).get("info", {})
-        return cls(gen, config, device, ckpt["sha256"], info, precision=precision)
+        return cls(gen, config, device, ckpt["sha256"], info, tables, precision)
 
     def save(self, path, info: dict | None = None, half: bool = False) -> Path:
-        out = save_checkpoint(path, KIND, self.config, self.generator.state_dict(), info=info or self.info, half=half)
+        out = save_checkpoint(path, KIND, self.config, appearance.join_state(self.generator.state_dict(), self.tables),
+                              info=info or self.info, half=half)
         from cellgen.checkpoint import sha256_of
 
         self.sha256 = sha256_of(out)
@@ -77,15 +87,24 @@ class Renderer:
                 f"sides that are multiples of {f}"
             )
 
-    def render(self, semantic, cell, nucleus) -> np.ndarray:
+    @property
+    def varies(self) -> bool:
+        """Whether the image depends on a seed (appearance features or noise inputs)."""
+        return bool(int(self.config["feat_nc"]) or int(self.config["noise_nc"]))
+
+    def render(self, semantic, cell, nucleus, seed: int = 0) -> np.ndarray:
         """(2, H, W) float32 in [0, 1] (channel 0 nucleus, 1 cytoplasm) for one image's masks."""
         semantic, cell, nucleus = (np.asarray(a) for a in (semantic, cell, nucleus))
         if semantic.ndim != 2:
             raise CellgenError(f"render takes one image's (H, W) masks, got shape {semantic.shape}; use render_batch")
-        return self.render_batch(semantic[None], cell[None], nucleus[None])[0]
+        return self.render_batch(semantic[None], cell[None], nucleus[None], seeds=[seed])[0]
 
-    def render_batch(self, semantic, cell, nucleus, batch_size: int = 8) -> np.ndarray:
-        """(B, 2, H, W) float32 in [0, 1] for (B, H, W) masks, ``batch_size`` images at a time."""
+    def render_batch(self, semantic, cell, nucleus, batch_size: int = 8, seeds=None) -> np.ndarray:
+        """(B, 2, H, W) float32 in [0, 1] for (B, H, W) masks, ``batch_size`` images at a time.
+
+        ``seeds``: one integer per image (default 0, 1, ..., B - 1), used by renderers that
+        :attr:`varies`; others ignore it.
+        """
         semantic, cell, nucleus = (np.asarray(a) for a in (semantic, cell, nucleus))
         if semantic.ndim != 3:
             raise CellgenError(f"render_batch takes (B, H, W) masks, got shape {semantic.shape}")
@@ -95,6 +114,9 @@ class Renderer:
             )
         b, h, w = semantic.shape
         self.check_size(h, w)
+        seeds = list(range(b)) if seeds is None else [int(s) for s in np.asarray(seeds).ravel()]
+        if len(seeds) != b:
+            raise CellgenError(f"render_batch got {len(seeds)} seeds for {b} images")
         out = np.empty((b, networks.OUTPUT_NC, h, w), np.float32)
         cudnn_det = torch.backends.cudnn.deterministic
         torch.backends.cudnn.deterministic = True
@@ -103,6 +125,10 @@ class Renderer:
                 for s in range(0, b, max(1, int(batch_size))):
                     sl = slice(s, s + max(1, int(batch_size)))
                     x = networks.encode_masks(semantic[sl], cell[sl], nucleus[sl], device=self.device)
+                    if self.varies:
+                        extra = [appearance.extra_inputs(self.config, self.tables, sem, cel, seed)
+                                 for sem, cel, seed in zip(semantic[sl], cell[sl], seeds[sl])]
+                        x = torch.cat([x, torch.from_numpy(np.stack(extra)).to(self.device)], 1)
                     y = networks.to_unit(self.generator(x.to(self.dtype))).float()
                     out[sl] = y.cpu().numpy()
         finally:
