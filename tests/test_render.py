@@ -188,6 +188,11 @@ def test_resume_continues_from_saved_step_and_matches_uninterrupted(tiny_set, tm
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
     with pytest.raises(CellgenError, match="other training settings"):
         train_renderer(tiny_set, tmp_path / "part", "tiny", **dict(kw, steps=8))
+    # other images under the same count: refused by content, whatever the file is called
+    other = simulate_set(tmp_path / "other.h5", SimulationConfig(size=64, count=(2, 8), pixel_size_um=1.0), n=8,
+                         seed=1, variants=[], progress=False)
+    with pytest.raises(CellgenError, match=r"differs in: data_sha256\)"):
+        train_renderer(other, tmp_path / "part", "tiny", **kw)
 
 
 def test_init_from_checkpoint_or_snapshot(trained, tiny_set, tmp_path):

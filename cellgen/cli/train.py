@@ -87,9 +87,9 @@ def train_renderer_cmd(data, output, preset, steps, epochs, batch, crop, max_min
 @click.option("--half", is_flag=True, help="Store float16 weights (half the size; loaded as float32).")
 def train_export(run_dir, output, half):
     """Checkpoint from a run's last snapshot (a run paused by --max-minutes; it stays resumable)."""
-    from cellgen.runs import export_run
+    from cellgen.snapshot_export import export_snapshot
 
-    click.echo(f"wrote {export_run(run_dir, output, half=half)}")
+    click.echo(f"wrote {export_snapshot(run_dir, output, half=half)}")
 
 
 @cli.command("calibrate")

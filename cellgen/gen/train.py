@@ -54,13 +54,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from cellgen.checkpoint import load_checkpoint, load_into, save_checkpoint
-from cellgen.errors import CellgenError, ChecksumMismatch
+from cellgen.errors import CellgenError
 from cellgen.datasets.h5 import pixel_size_of
 from cellgen.fileio import atomic_path
 from cellgen.gen.generator import KIND as GENERATOR_KIND
 from cellgen.gen.generator import resolve_device
 from cellgen.gen.networks import Discriminator, Generator, preset_config, z_from_seed
 from cellgen.masks import label_map_from_instances
+from cellgen.runs import changed_options, load_snapshot
 
 SNAPSHOT_KIND = "contour-training"
 N_CLASSES = 4
@@ -307,13 +308,7 @@ def train_contours(
     ada_acc = [0.0, 0]
 
     if resume and snap_path.exists():
-        try:
-            snap = load_checkpoint(snap_path, SNAPSHOT_KIND)
-        except ChecksumMismatch:
-            # snapshot.pt is replaced atomically before its .json: a run killed between the two
-            # leaves a complete .pt and a stale sidecar, which is dropped and rewritten
-            snap_path.with_suffix(".json").unlink()
-            snap = load_checkpoint(snap_path, SNAPSHOT_KIND)
+        snap = load_snapshot(snap_path, SNAPSHOT_KIND)  # a stale sidecar is dropped and rewritten
         changed = _changed_options(snap["config"], {"model": {k: v for k, v in cfg.items() if k != "training"},
                                                     "training": tr, "run": run})
         if changed:
@@ -548,13 +543,10 @@ def _changed_options(saved: dict, now: dict) -> list[str]:
     Only the data's path may differ (a moved file), and options an older snapshot did not
     record are not compared.
     """
-    changed = []
-    if saved.get("model") != now["model"]:
-        changed.append("network (preset)")
-    training = saved.get("training") or {}
-    changed += [k for k in sorted(training) if training[k] != now["training"].get(k)]
-    run = saved.get("run") or {}
-    changed += [k.replace("data_sha256", "data") for k in sorted(run) if k != "data" and run[k] != now["run"].get(k)]
+    changed = ["network (preset)"] if saved.get("model") != now["model"] else []
+    changed += changed_options(saved.get("training") or {}, now["training"])
+    changed += [k.replace("data_sha256", "data")
+                for k in changed_options(saved.get("run") or {}, now["run"], ignore=("data",))]
     return list(dict.fromkeys(changed))
 
 

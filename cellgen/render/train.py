@@ -46,6 +46,7 @@ from cellgen.fileio import atomic_path
 from cellgen.render import appearance, networks
 from cellgen.render.data import open_pairs
 from cellgen.render.renderer import KIND, resolve_device
+from cellgen.runs import changed_options, data_digest, load_snapshot
 
 SNAPSHOT_KIND = "renderer-training"
 
@@ -228,7 +229,7 @@ def _train(data, out_dir, preset, *, steps, epochs, batch, seed, device, resume,
         factor = networks.downsampling_factor(config)
         h, w = source.shape
         ch, cw = _crop_side(h, config["size"], factor), _crop_side(w, config["size"], factor)
-        training = {"data": _describe(data), "n_images": n, "steps": total, "niter": niter, "niter_decay": niter_decay,
+        training = {"data": _describe(data), "data_sha256": data_digest(data), "n_images": n, "steps": total, "niter": niter, "niter_decay": niter_decay,
                     "batch": int(batch), "seed": int(seed), "augment": bool(augment), "crop": [ch, cw],
                     "vgg_weights": str(vgg_weights) if vgg_weights else None,
                     "init_from": init["describe"] if init else None, "adapt_init": bool(init and adapt_init)}
@@ -250,15 +251,17 @@ def _train(data, out_dir, preset, *, steps, epochs, batch, seed, device, resume,
         step, wall_before = 0, 0.0
         snap = out_dir / "snapshot.pt"
         if resume and snap.exists():
-            ck = load_checkpoint(snap, SNAPSHOT_KIND)
+            ck = load_snapshot(snap, SNAPSHOT_KIND)  # a stale sidecar (killed between .pt and .json) is dropped
             saved = ck["config"]
             if networks.complete_config(saved.get("model", {})) != config:
                 diff = sorted(k for k in set(config) | set(saved.get("model", {}))
                               if config.get(k) != saved.get("model", {}).get(k))
                 raise CellgenError(f"{snap} was written with another renderer config (differs in: {', '.join(diff)}); "
                                    "use another output folder or resume=False to start over")
-            keep = ("n_images", "steps", "niter", "niter_decay", "batch", "seed", "augment", "crop", "init_from")
-            diff = [k for k in keep if saved["training"].get(k) != training[k]]
+            # what changes the weights; the data by content, whatever its path
+            keep = ("n_images", "steps", "niter", "niter_decay", "batch", "seed", "augment", "crop", "init_from",
+                    "data_sha256", "vgg_weights", "adapt_init")
+            diff = changed_options({k: v for k, v in saved["training"].items() if k in keep}, training)
             if diff:
                 raise CellgenError(f"{snap} was written with other training settings (differs in: {', '.join(diff)}); "
                                    "use another output folder or resume=False to start over")
