@@ -25,7 +25,6 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.measure import label as label_regions
-from skimage.segmentation import watershed
 
 from cellgen.errors import InvalidMaskError
 
@@ -156,6 +155,10 @@ def instances_from_label_map(
     if nuclei.max(initial=0) == 0:
         empty = np.zeros(classes.shape, dtype=np.uint32)
         return Masks(np.zeros(classes.shape, np.uint8), empty, empty.copy())
+
+    # imported here: skimage.segmentation pulls in matplotlib, which commands that only read
+    # sets (datasets info/verify) should not pay for
+    from skimage.segmentation import watershed
 
     # Elevation 0 inside cells, 1 on boundaries: flooding from nuclei fills each cell's
     # interior first and meets its neighbour's flood inside the shared boundary ribbon.
