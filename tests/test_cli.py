@@ -124,3 +124,16 @@ def test_recorded_command_comes_from_the_given_argv_not_sys_argv(tmp_path, monke
     assert commands == ["cellgen simulate --n 1 --size 64 --count 3 --seed 4"] * 2
     digest = [hashlib.sha256((tmp_path / f).read_bytes()).hexdigest() for f in ("a.h5", "b.h5")]
     assert digest[0] == digest[1]
+
+
+def test_data_commands_do_not_import_torch(small_set):
+    """Reading sets needs no torch: its import alone takes seconds (a fresh interpreter is the subject)."""
+    import subprocess
+
+    code = ("import sys\nfrom cellgen.cli import main\n"
+            "for args in (['datasets', 'list'], ['datasets', 'info', sys.argv[1]], ['datasets', 'verify', sys.argv[1]]):\n"
+            "    try:\n        main(args)\n    except SystemExit as e:\n        assert not e.code, (args, e.code)\n"
+            "print('torch' in sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", code, str(small_set)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == "False", r.stdout
