@@ -198,6 +198,63 @@ def _lazy_adam(params, lr, interval):
 # training
 
 
+def _generator_loss_step(G, D, opt_G, run_G, run_D, batch, zdim, dev, autocast, d_only) -> float:
+    """Gmain: the non-saturating logistic loss of fakes; G steps unless D is warming up alone."""
+    D.requires_grad_(False)
+    G.requires_grad_(True)
+    opt_G.zero_grad(set_to_none=True)
+    with autocast(), torch.set_grad_enabled(not d_only):
+        fake, _ = run_G(torch.randn(batch, zdim, device=dev), update=not d_only)
+        loss_G = F.softplus(-run_D(fake, fake=True)).mean()
+    if not d_only:
+        loss_G.backward()
+        opt_G.step()
+    return float(loss_G.detach())
+
+
+def _path_length_step(opt_G, run_G, batch, zdim, dev, pl_mean, pl_weight, pl_interval):
+    """Greg: lazy path-length regularisation; returns the mean penalty and the updated running mean."""
+    opt_G.zero_grad(set_to_none=True)
+    n = max(batch // 2, 1)
+    img, ws = run_G(torch.randn(n, zdim, device=dev))
+    noise = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
+    (grads,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
+    lengths = grads.square().sum(2).mean(1).sqrt()
+    pl_mean = pl_mean.lerp(lengths.mean().detach(), 0.01)
+    loss_pl = (lengths - pl_mean).square() * pl_weight
+    (img[:, 0, 0, 0] * 0 + loss_pl).mean().mul(pl_interval).backward()
+    opt_G.step()
+    return float(loss_pl.detach().mean()), pl_mean
+
+
+def _discriminator_loss_step(G, D, opt_D, run_G, run_D, real, batch, zdim, dev, autocast, d_only):
+    """Dmain: the logistic loss on fakes and reals; returns it and D's (detached) logits on the reals."""
+    G.requires_grad_(False)
+    D.requires_grad_(True)
+    opt_D.zero_grad(set_to_none=True)
+    with autocast():
+        with torch.no_grad():
+            fake, _ = run_G(torch.randn(batch, zdim, device=dev), update=not d_only)
+        fake_logits = run_D(fake, fake=True)
+        real_logits = run_D(real)
+        loss_D = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
+    loss_D.backward()
+    opt_D.step()
+    return float(loss_D.detach()), real_logits.detach()
+
+
+def _r1_step(opt_D, run_D, real, r1_gamma, r1_interval) -> float:
+    """Dreg: lazy R1 gradient penalty on the reals; returns its mean."""
+    opt_D.zero_grad(set_to_none=True)
+    real_r = real.detach().requires_grad_(True)
+    logits = run_D(real_r)
+    (grads,) = torch.autograd.grad(logits.sum(), real_r, create_graph=True)
+    r1 = grads.square().sum([1, 2, 3])
+    (r1 * (r1_gamma / 2) + logits[:, 0] * 0).mean().mul(r1_interval).backward()
+    opt_D.step()
+    return float(r1.detach().mean())
+
+
 def train_contours(
     data,
     out_dir,
@@ -391,59 +448,22 @@ def train_contours(
     D.train()
     while step < total:
         d_only = step < warmup_steps
-        # -- Gmain: non-saturating logistic loss
-        D.requires_grad_(False)
-        G.requires_grad_(True)
-        opt_G.zero_grad(set_to_none=True)
-        with autocast(), torch.set_grad_enabled(not d_only):
-            fake, _ = run_G(torch.randn(batch, zdim, device=dev), update=not d_only)
-            loss_G = F.softplus(-run_D(fake, fake=True)).mean()
-        if not d_only:
-            loss_G.backward()
-            opt_G.step()
-        sums["loss_G"] += float(loss_G.detach())
+        loss_G = _generator_loss_step(G, D, opt_G, run_G, run_D, batch, zdim, dev, autocast, d_only)
+        sums["loss_G"] += loss_G
         counts["loss_G"] += 1
-        # -- Greg: path-length regularisation (lazy)
         if tr["pl_weight"] > 0 and step % pl_interval == 0 and not d_only:
-            opt_G.zero_grad(set_to_none=True)
-            n = max(batch // 2, 1)
-            img, ws = run_G(torch.randn(n, zdim, device=dev))
-            noise = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
-            (grads,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
-            lengths = grads.square().sum(2).mean(1).sqrt()
-            pl_mean = pl_mean.lerp(lengths.mean().detach(), 0.01)
-            loss_pl = (lengths - pl_mean).square() * tr["pl_weight"]
-            (img[:, 0, 0, 0] * 0 + loss_pl).mean().mul(pl_interval).backward()
-            opt_G.step()
-            sums["pl"] += float(loss_pl.detach().mean())
+            loss_pl, pl_mean = _path_length_step(opt_G, run_G, batch, zdim, dev, pl_mean, tr["pl_weight"], pl_interval)
+            sums["pl"] += loss_pl
             counts["pl"] += 1
-        # -- Dmain: logistic loss on fakes and reals
-        G.requires_grad_(False)
-        D.requires_grad_(True)
-        opt_D.zero_grad(set_to_none=True)
         real = real_batch()
-        with autocast():
-            with torch.no_grad():
-                fake, _ = run_G(torch.randn(batch, zdim, device=dev), update=not d_only)
-            fake_logits = run_D(fake, fake=True)
-            real_logits = run_D(real)
-            loss_D = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
-        loss_D.backward()
-        opt_D.step()
-        sums["loss_D"] += float(loss_D.detach())
+        loss_D, real_logits = _discriminator_loss_step(G, D, opt_D, run_G, run_D, real, batch, zdim, dev, autocast,
+                                                       d_only)
+        sums["loss_D"] += loss_D
         counts["loss_D"] += 1
-        ada_acc[0] += float(torch.sign(real_logits.detach().float()).sum())
+        ada_acc[0] += float(torch.sign(real_logits.float()).sum())
         ada_acc[1] += real_logits.numel()
-        # -- Dreg: lazy R1 on reals
         if tr["r1_gamma"] > 0 and step % r1_interval == 0:
-            opt_D.zero_grad(set_to_none=True)
-            real_r = real.detach().requires_grad_(True)
-            logits = run_D(real_r)
-            (grads,) = torch.autograd.grad(logits.sum(), real_r, create_graph=True)
-            r1 = grads.square().sum([1, 2, 3])
-            (r1 * (tr["r1_gamma"] / 2) + logits[:, 0] * 0).mean().mul(r1_interval).backward()
-            opt_D.step()
-            sums["r1"] += float(r1.detach().mean())
+            sums["r1"] += _r1_step(opt_D, run_D, real, tr["r1_gamma"], r1_interval)
             counts["r1"] += 1
         # -- EMA of G (half-life ema_kimg, optional ramp-up)
         ema_nimg = float(tr["ema_kimg"]) * 1000
