@@ -27,8 +27,8 @@ from pathlib import Path
 
 from cellgen.errors import CellgenError
 
-#: seconds to wait for a Dask scheduler before giving up with one line
-CONNECT_TIMEOUT = float(os.environ.get("CELLGEN_SCHEDULER_TIMEOUT", "10"))
+#: seconds to wait for a Dask scheduler before giving up with one line ($CELLGEN_SCHEDULER_TIMEOUT)
+CONNECT_TIMEOUT = 10.0
 
 
 def plan_shards(n: int, n_shards: int, align: int = 1) -> list[tuple[int, int]]:
@@ -74,7 +74,8 @@ def _connect(scheduler):
     if not isinstance(scheduler, str):  # a LocalCluster or other cluster object from Python
         scheduler = scheduler.scheduler_address
     try:
-        return Client(scheduler, timeout=CONNECT_TIMEOUT, set_as_default=False)
+        timeout = float(os.environ.get("CELLGEN_SCHEDULER_TIMEOUT", CONNECT_TIMEOUT))
+        return Client(scheduler, timeout=timeout, set_as_default=False)
     except Exception as err:  # OSError/TimeoutError/ValueError: all mean "no usable scheduler there"
         first = (str(err).splitlines() or [type(err).__name__])[0]
         raise CellgenError(f"cannot reach a Dask scheduler at {scheduler!r}: {first}") from None
