@@ -326,6 +326,7 @@ def write_markdown(report: dict, path: Path):
                 lines.append(f"| {name} | {comp} | " + " | ".join(f"{100 * m[k]:.2f}" for k in keys) + " |")
     lines += ["| paper, Pix2PixHD | | 95.16 | 88.27 | 94.44 | 93.72 | 93.04 | 94.44 |", "",
               "![rendering](render_eval.png)", ""]
+    lines += _texture_markdown(r.get("texture"))
     lines += _fd_markdown(report.get("quality"))
     lines += ["## Sampling speed on this CPU", "",
               f"One {sp['image_size']} x {sp['image_size']} image through `cellgen.pipeline.generated_set` (label map "
@@ -337,6 +338,33 @@ def write_markdown(report: dict, path: Path):
               f"CPU: {sp['cpu']} ({sp['logical_cpus']} logical CPUs, shared); torch {sp['torch']} with "
               f"{sp['torch_threads']} thread(s), OMP_NUM_THREADS={sp['omp_num_threads']}.", ""]
     path.write_text("\n".join(lines))
+
+
+def _texture_markdown(t: dict | None) -> list[str]:
+    """Texture of rendered vs real held-out images (cellgen.render.texture)."""
+    if not t:
+        return []
+    real, rend, ratio = t["real"], t["rendered"], t["ratio"]
+    lines = ["### Texture and intensity (same held-out masks)", "",
+             "| channel | quantity | real | rendered | rendered / real |", "|---|---|---|---|---|"]
+    for ch in ("nucleus", "cytoplasm"):
+        cb_r, cb_f = real["checkerboard"][ch]["median"], rend["checkerboard"][ch]["median"]
+        lines.append(f"| {ch} | checkerboard amplitude (median) | {100 * cb_r:.4f}% | {100 * cb_f:.4f}% | |")
+        lines.append(f"| {ch} | background std | {real['background_std'][ch]:.4f} | {rend['background_std'][ch]:.4f} "
+                     f"| {ratio['background_std'][ch]:.2f} |")
+        for q in ("median", "std"):
+            lines.append(f"| {ch} | per-cell mean intensity, {q} | {real['cell_means'][ch][q]:.3f} | "
+                         f"{rend['cell_means'][ch][q]:.3f} | {ratio['cell_means'][ch][q]:.2f} |")
+        bands = ", ".join(f"{v:.2f}" for v in ratio["power_spectrum"][ch]["ratio_per_band"])
+        lines.append(f"| {ch} | power spectrum, octave bands from low to Nyquist | | | {bands} |")
+    lines.append("")
+    if "seed_variation" in t:
+        sv = t["seed_variation"]
+        corr = ", ".join(f"{k} {v:.2f}" for k, v in sv["cell_mean_correlation"].items())
+        lines += [f"Two renders of each mask with different seeds differ by {sv['mean_abs_pixel_difference']:.4f} per "
+                  f"pixel on average (full scale 1); correlation of a cell's mean intensity between them: {corr} "
+                  "(1 would mean every cell looks the same whatever the seed).", ""]
+    return lines
 
 
 def _fd_markdown(q: dict | None) -> list[str]:

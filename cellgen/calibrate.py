@@ -32,7 +32,7 @@ class CalibrationConfig:
     """What decides the calibrated pair (a rerun with other values is refused)."""
 
     generator_preset: str = "small128"
-    renderer_preset: str = "small256"
+    renderer_preset: str = "varied256"  # the shipped renderer's, so fine-tuning starts from it
     generator_kimg: float = 20.0
     renderer_steps: int = 2000
     fine_tune: bool = True  # start from the shipped models where the presets match
