@@ -49,7 +49,7 @@ def train_contours_cmd(data, output, preset, kimg, steps, batch, augment, seed, 
 @train.command("renderer")
 @click.option("--data", required=True, type=click.Path(), help="Benchmark set (HDF5) or exported folder of image+mask pairs.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Run folder (resumable).")
-@click.option("--preset", default="small256", show_default=True,
+@click.option("--preset", default="varied256", show_default=True,
               type=click.Choice(["tiny", "small256", "varied256", "paper1024"]),
               help="varied256: small256 with resize-convolution upsampling, per-cell appearance inputs drawn "
                    "from a seed, a noise input and an EfficientNet-Lite0 perceptual loss.")
@@ -102,8 +102,8 @@ def train_export(run_dir, output, half):
               help="Renderer training length in steps.")
 @click.option("--generator-preset", default="small128", show_default=True,
               type=click.Choice(["tiny", "small128", "small256", "paper512"]))
-@click.option("--renderer-preset", default="small256", show_default=True,
-              type=click.Choice(["tiny", "small256", "paper1024"]))
+@click.option("--renderer-preset", default="varied256", show_default=True,
+              type=click.Choice(["tiny", "small256", "varied256", "paper1024"]))
 @click.option("--from-scratch", is_flag=True, help="Random initial weights instead of fine-tuning the shipped models.")
 @click.option("--report-images", default=32, show_default=True, type=click.IntRange(8),
               help="Generated images the quality report compares with your set.")
