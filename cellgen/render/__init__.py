@@ -4,7 +4,11 @@ Modules: :mod:`~cellgen.render.networks` (generators, discriminators, losses, pr
 :mod:`~cellgen.render.renderer` (:class:`Renderer`: load a checkpoint and render),
 :mod:`~cellgen.render.train` (:func:`train_renderer`), :mod:`~cellgen.render.evaluate`
 (:func:`evaluate_renderer`, the paper's Table 3 protocol), :mod:`~cellgen.render.import_official`
-(NVIDIA pix2pixHD ``latest_net_G.pth`` import), :mod:`~cellgen.render.data` (training pairs).
+(NVIDIA pix2pixHD ``latest_net_G.pth`` import), :mod:`~cellgen.render.data` (training pairs),
+:mod:`~cellgen.render.appearance` (per-cell appearance and noise inputs drawn from a seed),
+:mod:`~cellgen.render.perceptual` (EfficientNet-Lite0 perceptual loss),
+:mod:`~cellgen.render.texture` (checkerboard amplitude, background std, per-cell means,
+power spectrum).
 
 The names below are imported lazily so ``import cellgen.render`` stays cheap.
 """

@@ -28,10 +28,18 @@ cytoplasm) plus pix2pixHD's instance edge map taken from both the cell and the n
 instance maps (a pixel is an edge where its id differs from a 4-neighbour's), 4 channels.
 Output: 2 channels (nucleus, cytoplasm) in [-1, 1]; :func:`to_unit` maps them to [0, 1].
 
-Public API: :data:`PRESETS`, :func:`make_config`, :func:`build_generator`,
-:func:`build_discriminator`, :func:`downsampling_factor`, :func:`encode_masks`,
-:func:`edge_map`, :func:`to_unit`, :func:`to_tanh`, :func:`count_parameters`, the modules
-and losses above.
+Additions to pix2pixHD, off in the original-architecture presets (so official weights and
+older checkpoints build the same network): ``upsample`` ``nearest`` / ``bilinear``
+replaces every transposed convolution with :class:`ResizeConv` (no checkerboard);
+``feat_nc`` / ``noise_nc`` widen the generator's input by appearance and noise channels
+(:mod:`cellgen.render.appearance`); ``lambda_perc`` weights a perceptual loss
+(:mod:`cellgen.render.perceptual`). :func:`transplant` warm-starts one config from another's
+weights.
+
+Public API: :data:`PRESETS`, :func:`make_config`, :func:`complete_config`,
+:func:`generator_input_nc`, :func:`build_generator`, :func:`build_discriminator`,
+:func:`downsampling_factor`, :func:`encode_masks`, :func:`edge_map`, :func:`to_unit`,
+:func:`to_tanh`, :func:`transplant`, :func:`count_parameters`, the modules and losses above.
 """
 
 from __future__ import annotations
