@@ -23,9 +23,10 @@ IMAGE_RATIO, MASK_RATIO = 0.9, 0.1
 #: peak resident bytes per pixel of one simulated image (float fields, distance maps,
 #: layout arrays); measured ~170 at 1024 px
 SIMULATE_BYTES_PER_PIXEL = 200
-#: peak bytes per pixel per image of a batch through the generator + renderer; measured ~4 kB
-#: (float32) at 256 px, doubled for float64 sampling
-MODEL_BYTES_PER_PIXEL = 8192
+#: peak bytes per pixel per image of a batch through the generator + renderer: ``cellgen sample``
+#: with the shipped models at 256 px, batch 8, peaked at 3.8 GB resident; with BASE_BYTES this
+#: estimates 4.2 GB for it
+MODEL_BYTES_PER_PIXEL = 6144
 #: what the interpreter, torch and the models take before any image
 BASE_BYTES = 1 << 30
 
