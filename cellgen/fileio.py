@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import os
 import tempfile
@@ -55,3 +56,22 @@ def file_digest(path, algorithm: str = "sha256") -> str:
 def sha256_of(path) -> str:
     """The sha256 hex digest of a file: what checkpoints, sets and the registry are identified by."""
     return file_digest(path, "sha256")
+
+
+def write_csv_rows(path, rows: list[dict], fields: list[str] | None = None) -> None:
+    """A CSV table of ``rows`` (header from ``fields`` or the first row), written atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as fh:
+            if rows or fields:
+                writer = csv.DictWriter(fh, fieldnames=fields or list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+
+
+def read_csv_rows(path) -> list[dict]:
+    """The rows of a CSV table as dicts of strings; [] when the file does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))

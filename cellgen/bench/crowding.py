@@ -28,13 +28,12 @@ Public API: :func:`cell_strata`, :func:`crowding_counts`, :func:`pool_counts`,
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 
 from cellgen.bench import metrics
-from cellgen.fileio import atomic_path
+from cellgen.fileio import atomic_path, read_csv_rows, write_csv_rows
 
 #: nearest-neighbour distance bin edges, in cell diameters (1.0 = two round cells just touching);
 #: fine around 1.0, where packed cells sit (simulated crowded images: 5-95 % at 0.83-1.33)
@@ -179,12 +178,7 @@ def write_crowding(results_dir, records, label: str | None = None) -> list[dict]
     """Write ``crowding.csv`` and ``crowding.png`` into ``results_dir``; return the rows."""
     out = Path(results_dir)
     rows = crowding_rows(records)
-    with atomic_path(out / "crowding.csv") as tmp:
-        with open(tmp, "w", newline="") as fh:
-            fields = ["compartment", "variant", "family", "stratum", "n_true", *METRICS]
-            writer = csv.DictWriter(fh, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
+    write_csv_rows(out / "crowding.csv", rows, ["compartment", "variant", "family", "stratum", "n_true", *METRICS])
     if rows:
         plot_crowding({label or out.name: rows}, out / "crowding.png")
     return rows
@@ -192,11 +186,7 @@ def write_crowding(results_dir, records, label: str | None = None) -> list[dict]
 
 def read_crowding(results_dir) -> list[dict]:
     """Rows of a results folder's ``crowding.csv`` (numbers parsed); [] when it has none."""
-    path = Path(results_dir) / "crowding.csv"
-    if not path.exists():
-        return []
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = read_csv_rows(Path(results_dir) / "crowding.csv")
     for r in rows:
         r["n_true"] = int(r["n_true"])
         for m in METRICS:

@@ -15,13 +15,12 @@ Public API: :func:`summarise_snr`, :func:`write_noise_axis`, :func:`plot_density
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 
 from cellgen.bench import metrics
-from cellgen.fileio import atomic_path
+from cellgen.fileio import atomic_path, read_csv_rows, write_csv_rows
 
 HEADLINE = ("mIoU", "mDice", "f1@0.5", "mean_ap", "pq")
 
@@ -147,11 +146,7 @@ def write_noise_axis(out_dir, records, run: dict, density_tiers, n_boot: int = 1
     if not rows:
         return []
     out = Path(out_dir)
-    with atomic_path(out / "snr.csv") as tmp:
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+    write_csv_rows(out / "snr.csv", rows)
     plot_density_snr(rows, out / "density_x_snr.png", list(density_tiers), snr_names, title=label)
     return rows
 
@@ -172,11 +167,7 @@ def format_snr_table(rows, metric: str = "f1@0.5") -> str:
 
 def read_snr_rows(out_dir) -> list[dict]:
     """The rows of a results folder's ``snr.csv`` (none if it has none), numbers as floats."""
-    path = Path(out_dir) / "snr.csv"
-    if not path.exists():
-        return []
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = read_csv_rows(Path(out_dir) / "snr.csv")
     for r in rows:
         for k, v in r.items():
             if k not in ("compartment", "snr_tier", "tier", "variants"):

@@ -10,7 +10,6 @@ Public API: :func:`summarise`, :func:`write_reports`, :func:`format_table`,
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from cellgen.bench import crowding, linkage, metrics
 from cellgen.bench import noise_axis
 from cellgen.bench.runner import RUN, load_records
 from cellgen.errors import CellgenError
-from cellgen.fileio import atomic_path
+from cellgen.fileio import atomic_path, write_csv_rows
 
 #: headline metrics with confidence intervals: name -> (kind, label)
 HEADLINE = {
@@ -112,12 +111,7 @@ def summarise(records, tier_names, n_boot: int = 1000, seed: int = 0) -> list[di
 
 
 def _write_csv(path: Path, rows: list[dict]):
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as fh:
-            if rows:
-                writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
+    write_csv_rows(path, rows)
 
 
 def write_reports(results_dir, tier_names, n_boot: int = 1000) -> list[dict]:

@@ -9,6 +9,7 @@ from cellgen.cli.options import (
     DEVICE_OPTION,
     FRACTION,
     MAX_SEED,
+    NOISE_MODE,
     NON_NEGATIVE,
     OUTPUT_FILE,
     OVERWRITE,
@@ -82,12 +83,13 @@ def simulate(output, n_images, count, density, size, seed, pixel_size, cell_radi
 @tier_options
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
 @DEVICE_OPTION
+@NOISE_MODE
 @WORKERS
 @SCHEDULER
 @OVERWRITE
 @QUIET
 def sample(output, checkpoint, renderer, psi, seeds, target_tier, target_count, n_target, noise_args, pixel_size,
-           size, tier_measure, tier_thresholds, batch_size, device, workers, scheduler, overwrite, quiet):
+           size, tier_measure, tier_thresholds, batch_size, device, noise_mode, workers, scheduler, overwrite, quiet):
     """Generate a benchmark set: contours -> exact masks -> rendered images -> noise variants."""
     from cellgen.density import TierScheme
     from cellgen.pipeline import generated_set, matched_size
@@ -119,14 +121,14 @@ def sample(output, checkpoint, renderer, psi, seeds, target_tier, target_count, 
             count = parse_count(target_count) if ":" in target_count else (parse_count(target_count),) * 2
         accept = draw_acceptance(tiers, tier=target_tier or None, count=count)
         accepted, draws = targeted_draws(gen, accept, n_target, psis, pixel_size, first_seed=seed_list[0],
-                                         batch_size=batch_size, output_size=size)
+                                         batch_size=batch_size, output_size=size, noise_mode=noise_mode)
         pairs = [(a[0], a[1]) for a in accepted]
         extra = {"target": {"tier": target_tier, "count": target_count, "n": n_target, "draws": draws}}
         if not quiet:
             click.echo(f"accepted {len(pairs)} of {draws} draws")
     else:
         pairs = [(s, p) for s in seed_list for p in psis]
-    set_args = dict(pixel_size_um=pixel_size, batch_size=batch_size, size=size, recipe_extra=extra,
+    set_args = dict(pixel_size_um=pixel_size, batch_size=batch_size, size=size, recipe_extra=extra, noise_mode=noise_mode,
                     **noise_args, tiers=tiers, command=command_line(), overwrite=overwrite,
                     progress=not quiet)
     if workers > 1 or scheduler:

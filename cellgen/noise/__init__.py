@@ -40,21 +40,6 @@ def get_preset(name: str):
     return resolve(name)
 
 
-def _as_float(image) -> np.ndarray:
-    x = np.asarray(image)
-    if x.dtype == np.uint16:
-        x = x.astype(np.float64) / 65535.0
-    elif x.dtype.kind == "f":
-        x = x.astype(np.float64)
-    else:
-        raise CellgenError(f"noise needs a float image in [0, 1] or uint16, got {x.dtype}")
-    if x.ndim not in (2, 3):
-        raise CellgenError(f"noise needs an (H, W) or (C, H, W) image, got shape {np.shape(image)}")
-    if not np.isfinite(x).all():
-        raise CellgenError("noise needs a finite image (it holds NaN or infinity)")
-    return x
-
-
 def apply_noise(image, params, seed, *, pixel_size_um: float | None = None,
                 cell: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Noisy uint16 image and its SNR in dB per channel, for any variant's parameters.
@@ -66,7 +51,7 @@ def apply_noise(image, params, seed, *, pixel_size_um: float | None = None,
     """
     if isinstance(params, NoiseParams):
         return legacy.apply_noise(image, params, seed)
-    x = _as_float(image)
+    x = legacy.as_unit_float(image)
     squeeze = x.ndim == 2
     if squeeze:
         x = x[None]

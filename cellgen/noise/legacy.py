@@ -83,12 +83,8 @@ def variant_seed(image_seed: int, variant: str) -> np.random.SeedSequence:
     return np.random.SeedSequence([int(image_seed), zlib.crc32(variant.encode()), 0x401CE])
 
 
-def apply_noise(image: np.ndarray, params: NoiseParams, seed) -> tuple[np.ndarray, np.ndarray]:
-    """Noisy uint16 ADU image and its measured SNR in dB per channel.
-
-    ``image`` is (C, H, W) or (H, W), float in [0, 1] or uint16 full-scale (divided by 65535).
-    ``seed`` is an int or a :class:`numpy.random.SeedSequence`.
-    """
+def as_unit_float(image) -> np.ndarray:
+    """A float64 copy of a float image in [0, 1] or of a uint16 one at full scale 65535."""
     x = np.asarray(image)
     if x.dtype == np.uint16:
         x = x.astype(np.float64) / 65535.0
@@ -96,6 +92,20 @@ def apply_noise(image: np.ndarray, params: NoiseParams, seed) -> tuple[np.ndarra
         x = x.astype(np.float64)
     else:
         raise CellgenError(f"noise needs a float image in [0, 1] or uint16, got {x.dtype}")
+    if x.ndim not in (2, 3):
+        raise CellgenError(f"noise needs an (H, W) or (C, H, W) image, got shape {np.shape(image)}")
+    if not np.isfinite(x).all():
+        raise CellgenError("noise needs a finite image (it holds NaN or infinity)")
+    return x
+
+
+def apply_noise(image: np.ndarray, params: NoiseParams, seed) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy uint16 ADU image and its measured SNR in dB per channel.
+
+    ``image`` is (C, H, W) or (H, W), float in [0, 1] or uint16 full-scale (divided by 65535).
+    ``seed`` is an int or a :class:`numpy.random.SeedSequence`.
+    """
+    x = as_unit_float(image)
     squeeze = x.ndim == 2
     if squeeze:
         x = x[None]

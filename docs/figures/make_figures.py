@@ -7,6 +7,8 @@ writes, in this folder (a few minutes on two CPU cores):
 - ``preview.png``         ``cellgen preview`` of the README's first set (psi -1..1, seeds 0-19)
 - ``bench_summary.png``   ``cellgen bench --method watershed`` on that set: scores per tier and variant
 - ``density_vs_psi.png``  ``cellgen gen psi-sweep``: cell count against psi, one line per seed
+- ``bench_crowding.png``  ``cellgen bench compare`` of watershed and CellProfiler on that set:
+  recall per crowding stratum (touching neighbours, nearest-neighbour distance)
 
 The working files (the set, the bench results, the sweep) go to a temporary folder; pass
 ``--keep DIR`` to keep them. Every picture is replaced only after all three were made.
@@ -52,9 +54,13 @@ def main(argv=None) -> None:
         cellgen("sample", "--psi", "-1,-0.5,0,0.5,1", "--seeds", "0-19", "-o", "demo.h5", "--overwrite", "-q", cwd=work)
         cellgen("preview", "demo.h5", "-o", "preview.png", cwd=work)
         cellgen("bench", "--method", "watershed", "--data", "demo.h5", "-o", "bench", "--n-boot", "200", "-q", cwd=work)
+        cellgen("bench", "--method", "cellprofiler", "--data", "demo.h5", "-o", "bench-cp", "--variant", "clean",
+                "--n-boot", "200", "-q", cwd=work)
+        cellgen("bench", "compare", "bench", "bench-cp", "-o", "compare.png", cwd=work)
         cellgen("gen", "psi-sweep", "--seeds", "0-29", "-o", "sweep", cwd=work)
         made = {"preview.png": work / "preview.png", "bench_summary.png": work / "bench" / "summary.png",
-                "density_vs_psi.png": work / "sweep" / "psi_sweep.png"}
+                "density_vs_psi.png": work / "sweep" / "psi_sweep.png",
+                "bench_crowding.png": work / "compare-crowding.png"}
         args.output.mkdir(parents=True, exist_ok=True)
         for name, path in made.items():
             if name == "preview.png":
