@@ -77,8 +77,8 @@ def _remaining(deadline: float | None) -> float | None:
 def calibrate(data, out_dir, config: CalibrationConfig | None = None, *, max_minutes: float | None = None,
               device: str = "cpu", progress: bool = True) -> dict:
     """Train (or resume) the calibrated pair; returns the state, with ``done`` once all is written."""
-    from cellgen.gen.train import train_contours
-    from cellgen.render.train import train_renderer
+    from cellgen.gen.train import ContourTrainingConfig, train_contours
+    from cellgen.render.train import RendererTrainingConfig, train_renderer
 
     config = config or CalibrationConfig()
     data, out = Path(data), Path(out_dir)
@@ -98,17 +98,18 @@ def calibrate(data, out_dir, config: CalibrationConfig | None = None, *, max_min
     gen_path = out / "contours" / "generator.pt"
     if not gen_path.exists():
         init = _shipped("generator", config.generator_preset, config.fine_tune)
-        result = train_contours(data, out / "contours", config.generator_preset, kimg=config.generator_kimg,
-                                seed=config.seed, device=device, progress=progress, init=init,
-                                d_warmup_kimg=min(2.0, config.generator_kimg / 4) if init else 0.0,
+        run = ContourTrainingConfig(preset=config.generator_preset, kimg=config.generator_kimg, seed=config.seed,
+                                    init=init, d_warmup_kimg=min(2.0, config.generator_kimg / 4) if init else 0.0)
+        result = train_contours(data, out / "contours", run, device=device, progress=progress,
                                 max_minutes=_remaining(deadline))
         if result != gen_path:
             return state  # paused by the budget; the same call resumes
     rend_path = out / "renderer" / "renderer.pt"
     if not rend_path.exists():
         init = _shipped("renderer", config.renderer_preset, config.fine_tune)
-        result = train_renderer(data, out / "renderer", config.renderer_preset, steps=config.renderer_steps,
-                                seed=config.seed, device=device, progress=progress, init_from=init,
+        run = RendererTrainingConfig(preset=config.renderer_preset, steps=config.renderer_steps, seed=config.seed,
+                                     init_from=init)
+        result = train_renderer(data, out / "renderer", run, device=device, progress=progress,
                                 max_minutes=_remaining(deadline))
         if result != rend_path:
             return state

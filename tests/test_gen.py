@@ -16,7 +16,7 @@ from cellgen.errors import CellgenError
 from cellgen.gen import networks as nw
 from cellgen.gen.generator import KIND, ContourGenerator
 from cellgen.gen.import_official import import_official
-from cellgen.gen.train import augment_batch, load_training_data, train_contours
+from cellgen.gen.train import ContourTrainingConfig, augment_batch, load_training_data, train_contours
 from cellgen.masks import instances_from_label_map
 from cellgen.pipeline import simulate_set
 from cellgen.simulate import SimulationConfig
@@ -190,7 +190,7 @@ def _log_steps(run):
 
 def test_train_and_resume(tiny_set, tmp_path):
     run = tmp_path / "run"
-    kw = {"preset": "tiny", "steps": 4, "batch": 4, "seed": 3, "tick_steps": 2, "progress": False, "augment": 0.5, "pl_weight": 1.0}
+    config = ContourTrainingConfig(preset="tiny", steps=4, batch=4, seed=3, tick_steps=2, augment=0.5, pl_weight=1.0)
 
     class Kill(Exception):
         pass
@@ -199,7 +199,7 @@ def test_train_and_resume(tiny_set, tmp_path):
         raise Kill  # a run stopped right after its first tick's snapshot
 
     with pytest.raises(Kill):
-        train_contours(tiny_set, run, log=kill, **kw)
+        train_contours(tiny_set, run, config, progress=False, log=kill)
     assert _log_steps(run) == [2]
     assert not (run / "generator.pt").exists()
     with open(run / "log.jsonl", "a") as fh:  # as if killed after logging step 3 but before its snapshot
@@ -208,7 +208,7 @@ def test_train_and_resume(tiny_set, tmp_path):
     meta["sha256"] = "0" * 64
     (run / "snapshot.json").write_text(json.dumps(meta))
     seen = []
-    out = train_contours(tiny_set, run, log=seen.append, **kw)
+    out = train_contours(tiny_set, run, config, progress=False, log=seen.append)
     assert [e["step"] for e in seen] == [4]
     assert _log_steps(run) == [2, 4]
     for entry in map(json.loads, (run / "log.jsonl").read_text().splitlines()):
@@ -223,16 +223,16 @@ def test_train_and_resume(tiny_set, tmp_path):
     # resuming is for the same run: another seed, or other data under any name, is refused in one line
     before = (run / "snapshot.pt").read_bytes()
     with pytest.raises(CellgenError, match="other seed; resume with the same options") as err:
-        train_contours(tiny_set, run, **dict(kw, seed=4))
+        train_contours(tiny_set, run, config, progress=False, seed=4)
     assert "\n" not in str(err.value)
     other = simulate_set(tmp_path / "other.h5", SimulationConfig(size=64, count=(1, 6), pixel_size_um=1.0), 8,
                          seed=1, variants=[], progress=False)
     with pytest.raises(CellgenError, match="other data;"):
-        train_contours(other, run, **kw)
+        train_contours(other, run, config, progress=False)
     assert (run / "snapshot.pt").read_bytes() == before
 
     # an uninterrupted run with the same seed ends with the same weights (CPU determinism)
-    straight = train_contours(tiny_set, tmp_path / "straight", **kw)
+    straight = train_contours(tiny_set, tmp_path / "straight", config, progress=False)
     a, b = ContourGenerator.load(out), ContourGenerator.load(straight)
     for (k, v), (_, w) in zip(a.G.state_dict().items(), b.G.state_dict().items()):
         torch.testing.assert_close(v, w, rtol=0, atol=0, msg=k)

@@ -41,7 +41,7 @@ def tiny_set(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(tiny_set, tmp_path_factory):
     out = tmp_path_factory.mktemp("trained")
-    path = train_renderer(tiny_set, out, "tiny", steps=SIGNAL_STEPS, batch=SIGNAL_BATCH, seed=0, progress=False,
+    path = train_renderer(tiny_set, out, preset="tiny", steps=SIGNAL_STEPS, batch=SIGNAL_BATCH, seed=0, progress=False,
                           tick=40)
     return path
 
@@ -174,12 +174,12 @@ def test_rendered_signal_follows_masks(trained, tiny_set):
 
 def test_resume_continues_from_saved_step_and_matches_uninterrupted(tiny_set, tmp_path):
     kw = dict(steps=6, batch=2, seed=3, progress=False, tick=2)
-    full = train_renderer(tiny_set, tmp_path / "full", "tiny", **kw)
+    full = train_renderer(tiny_set, tmp_path / "full", preset="tiny", **kw)
     # max_minutes=0 stops right after the first step (with a snapshot)
-    first = train_renderer(tiny_set, tmp_path / "part", "tiny", max_minutes=0, **kw)
+    first = train_renderer(tiny_set, tmp_path / "part", preset="tiny", max_minutes=0, **kw)
     assert first.name == "snapshot.pt"
     assert load_checkpoint(first, "renderer-training")["extra"]["step"] == 1
-    resumed = train_renderer(tiny_set, tmp_path / "part", "tiny", **kw)
+    resumed = train_renderer(tiny_set, tmp_path / "part", preset="tiny", **kw)
     log = [json.loads(x) for x in (tmp_path / "part" / "log.jsonl").read_text().splitlines()]
     assert [r["event"] for r in log if r["event"] in ("start", "resume")] == ["start", "resume"]
     assert [r["step"] for r in log if r["event"] == "resume"] == [1]
@@ -187,17 +187,17 @@ def test_resume_continues_from_saved_step_and_matches_uninterrupted(tiny_set, tm
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
     with pytest.raises(CellgenError, match="other training settings"):
-        train_renderer(tiny_set, tmp_path / "part", "tiny", **dict(kw, steps=8))
+        train_renderer(tiny_set, tmp_path / "part", preset="tiny", **dict(kw, steps=8))
     # other images under the same count: refused by content, whatever the file is called
     other = simulate_set(tmp_path / "other.h5", SimulationConfig(size=64, count=(2, 8), pixel_size_um=1.0), n=8,
                          seed=1, variants=[], progress=False)
     with pytest.raises(CellgenError, match=r"differs in: data_sha256\)"):
-        train_renderer(other, tmp_path / "part", "tiny", **kw)
+        train_renderer(other, tmp_path / "part", preset="tiny", **kw)
 
 
 def test_init_from_checkpoint_or_snapshot(trained, tiny_set, tmp_path):
     # a 0-step-long run is impossible, so compare the loaded weights through a paused run
-    run = train_renderer(tiny_set, tmp_path / "ft", "tiny", steps=4, batch=2, progress=False, init_from=trained,
+    run = train_renderer(tiny_set, tmp_path / "ft", preset="tiny", steps=4, batch=2, progress=False, init_from=trained,
                          max_minutes=0, decay_fraction=1.0)
     snap = load_checkpoint(run, "renderer-training")
     assert snap["config"]["training"]["init_from"]["sha256"] == load_checkpoint(trained)["sha256"]
@@ -206,20 +206,20 @@ def test_init_from_checkpoint_or_snapshot(trained, tiny_set, tmp_path):
     moved = max(float((snap["state_dict"][k].float() - v.float()).abs().max()) for k, v in start.items())
     assert 0 < moved < 0.05
     # from a snapshot, D comes along too
-    again = train_renderer(tiny_set, tmp_path / "ft2", "tiny", steps=4, batch=2, progress=False, init_from=run,
+    again = train_renderer(tiny_set, tmp_path / "ft2", preset="tiny", steps=4, batch=2, progress=False, init_from=run,
                            max_minutes=0)
     d_before = snap["extra"]["D"]
     d_after = load_checkpoint(again, "renderer-training")["extra"]["D"]
     assert max(float((d_after[k].float() - d_before[k].float()).abs().max()) for k in d_before) < 0.05
     with pytest.raises(CellgenError, match="start from a 'renderer' checkpoint"):
         bogus = save_checkpoint(tmp_path / "g.pt", "contour-generator", {"x": 1}, {"w": torch.zeros(1)})
-        train_renderer(tiny_set, tmp_path / "ft3", "tiny", steps=2, progress=False, init_from=bogus)
+        train_renderer(tiny_set, tmp_path / "ft3", preset="tiny", steps=2, progress=False, init_from=bogus)
 
 
 def test_same_seed_same_image(tiny_set, tmp_path):
     kw = dict(steps=3, batch=2, seed=7, progress=False)
-    p1 = train_renderer(tiny_set, tmp_path / "a", "tiny", **kw)
-    p2 = train_renderer(tiny_set, tmp_path / "b", "tiny", **kw)
+    p1 = train_renderer(tiny_set, tmp_path / "a", preset="tiny", **kw)
+    p2 = train_renderer(tiny_set, tmp_path / "b", preset="tiny", **kw)
     sem, cell, nuc, _ = _masks(tiny_set)
     r1, r2 = Renderer.load(p1), Renderer.load(p2)
     x1 = r1.render(sem[0], cell[0], nuc[0])
@@ -238,7 +238,7 @@ def test_folder_data_matches_h5(tiny_set, tmp_path):
         np.testing.assert_array_equal(a.image, b.image)
         np.testing.assert_array_equal(a.cell, b.cell)
         np.testing.assert_array_equal(a.semantic, b.semantic)
-    p = train_renderer(folder, tmp_path / "out", "tiny", steps=1, progress=False)
+    p = train_renderer(folder, tmp_path / "out", preset="tiny", steps=1, progress=False)
     assert p.exists()
 
 

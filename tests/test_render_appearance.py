@@ -143,7 +143,7 @@ def tiny_set(tmp_path_factory):
 @pytest.fixture(scope="module")
 def varied(tiny_set, tmp_path_factory):
     out = tmp_path_factory.mktemp("varied")
-    return train_renderer(tiny_set, out, "tiny", steps=6, batch=2, seed=0, progress=False, tick=3,
+    return train_renderer(tiny_set, out, preset="tiny", steps=6, batch=2, seed=0, progress=False, tick=3,
                           config_overrides=dict(upsample="bilinear", feat_nc=2, noise_nc=1, lambda_perc=1.0))
 
 
@@ -169,14 +169,14 @@ def test_varied_renderer_trains_and_renders_per_seed(varied, tiny_set):
 
 
 def test_resume_and_adapted_init_from_a_transposed_renderer(varied, tiny_set, tmp_path):
-    plain = train_renderer(tiny_set, tmp_path / "plain", "tiny", steps=2, batch=1, progress=False)
-    run = train_renderer(tiny_set, tmp_path / "adapt", "tiny", steps=4, batch=1, progress=False, init_from=plain,
+    plain = train_renderer(tiny_set, tmp_path / "plain", preset="tiny", steps=2, batch=1, progress=False)
+    run = train_renderer(tiny_set, tmp_path / "adapt", preset="tiny", steps=4, batch=1, progress=False, init_from=plain,
                          adapt_init=True, max_minutes=0,
                          config_overrides=dict(upsample="bilinear", feat_nc=2, noise_nc=1))
     snap = load_checkpoint(run, "renderer-training")
     assert snap["extra"]["step"] == 1 and snap["config"]["training"]["adapt_init"]
     assert set(appearance.TABLE_KEYS) <= set(snap["state_dict"])
-    done = train_renderer(tiny_set, tmp_path / "adapt", "tiny", steps=4, batch=1, progress=False, init_from=plain,
+    done = train_renderer(tiny_set, tmp_path / "adapt", preset="tiny", steps=4, batch=1, progress=False, init_from=plain,
                           adapt_init=True, config_overrides=dict(upsample="bilinear", feat_nc=2, noise_nc=1))
     assert load_checkpoint(done)["config"]["upsample"] == "bilinear"
     # a plain renderer ignores seeds: old checkpoints render exactly as before

@@ -34,15 +34,16 @@ def train():
 def train_contours_cmd(data, output, preset, kimg, steps, batch, augment, seed, device, no_dihedral, max_minutes,
                        no_resume, init, d_warmup_kimg, quiet):
     """StyleGAN2 on label maps; writes OUTPUT/generator.pt, snapshots, samples, log.jsonl."""
-    from cellgen.gen.train import train_contours
+    from cellgen.gen.train import ContourTrainingConfig, train_contours
 
     try:
         augment = float(augment)
     except ValueError:
         pass
-    path = train_contours(data, output, preset, kimg=kimg, steps=steps, batch=batch, seed=seed, device=device,
-                          resume=not no_resume, augment=augment, progress=not quiet, dihedral=not no_dihedral,
-                          max_minutes=max_minutes, init=init, d_warmup_kimg=d_warmup_kimg)
+    config = ContourTrainingConfig(preset=preset, kimg=kimg, steps=steps, batch=batch, seed=seed, augment=augment,
+                                   dihedral=not no_dihedral, init=init, d_warmup_kimg=d_warmup_kimg)
+    path = train_contours(data, output, config, device=device, progress=not quiet, max_minutes=max_minutes,
+                          resume=not no_resume)
     click.echo(f"wrote {path}")
 
 
@@ -72,12 +73,13 @@ def train_contours_cmd(data, output, preset, kimg, steps, batch, augment, seed, 
 def train_renderer_cmd(data, output, preset, steps, epochs, batch, crop, max_minutes, vgg_weights, init, adapt_init,
                        decay_fraction, seed, device, no_resume, quiet):
     """Pix2PixHD mask -> image; writes OUTPUT/renderer.pt, snapshots, triptychs, log.jsonl."""
-    from cellgen.render.train import train_renderer
+    from cellgen.render.train import RendererTrainingConfig, train_renderer
 
-    path = train_renderer(data, output, preset, steps=steps, epochs=epochs, batch=batch, seed=seed, device=device,
-                          resume=not no_resume, progress=not quiet, vgg_weights=vgg_weights, max_minutes=max_minutes,
-                          init_from=init, adapt_init=adapt_init, decay_fraction=decay_fraction,
-                          config_overrides={"size": crop} if crop else None)
+    config = RendererTrainingConfig(preset=preset, steps=steps, epochs=epochs, batch=batch, seed=seed,
+                                    decay_fraction=decay_fraction, config_overrides={"size": crop} if crop else None,
+                                    vgg_weights=vgg_weights, init_from=init, adapt_init=adapt_init)
+    path = train_renderer(data, output, config, device=device, progress=not quiet, max_minutes=max_minutes,
+                          resume=not no_resume)
     click.echo(f"wrote {path}")
 
 

@@ -1,6 +1,6 @@
 """Train the contour generator (StyleGAN2 on 4-class label maps), resumable, on CPU or CUDA.
 
->>> train_contours("train.h5", "runs/contours", preset="small256", kimg=5, batch=8)
+>>> train_contours("train.h5", "runs/contours", ContourTrainingConfig(preset="small256", kimg=5, batch=8))
 
 **Data.** An HDF5 benchmark set (its exact masks) or a folder as ``cellgen export`` writes
 it (``masks/cell/NNNNN.tif|png`` and ``masks/nucleus/NNNNN.*``; the folder itself or its
@@ -36,16 +36,16 @@ On CPU the run is deterministic for a fixed seed (one RNG stream, saved in snaps
 resumed run draws what an uninterrupted one would). Mixed precision (bfloat16 autocast for
 the main loss phases) is used only on CUDA.
 
-Public API: :func:`train_contours`, :func:`load_training_data`, :func:`augment_batch`, :data:`SNAPSHOT_KIND`.
+Public API: :func:`train_contours`, :class:`ContourTrainingConfig`, :func:`load_training_data`, :func:`augment_batch`, :data:`SNAPSHOT_KIND`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import sys
 import time
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +61,7 @@ from cellgen.gen.generator import KIND as GENERATOR_KIND
 from cellgen.gen.generator import resolve_device
 from cellgen.gen.networks import Discriminator, Generator, preset_config, z_from_seed
 from cellgen.masks import label_map_from_instances
-from cellgen.runs import changed_options, load_snapshot
+from cellgen.runs import append_log, changed_options, load_snapshot, out_of_time, trim_log
 
 SNAPSHOT_KIND = "contour-training"
 N_CLASSES = 4
@@ -255,53 +255,65 @@ def _r1_step(opt_D, run_D, real, r1_gamma, r1_interval) -> float:
     return float(r1.detach().mean())
 
 
-def train_contours(
-    data,
-    out_dir,
-    preset: str = "small256",
-    kimg: float | None = None,
-    steps: int | None = None,
-    batch: int | None = None,
-    seed: int = 0,
-    device: str = "cpu",
-    resume: bool = True,
-    augment: str | float = "ada",
-    progress: bool = True,
-    log=None,
-    *,
-    tick_steps: int | None = None,
-    r1_gamma: float | None = None,
-    pl_weight: float | None = None,
-    lr: float | None = None,
-    ema_kimg: float | None = None,
-    style_mixing_prob: float | None = None,
-    ada_target: float = 0.6,
-    ada_kimg: float | None = None,
-    r1_interval: int = 16,
-    pl_interval: int = 4,
-    sample_seeds=tuple(range(16)),
-    keep_samples: int = 3,
-    config_overrides: dict | None = None,
-    dihedral: bool = True,
-    max_minutes: float | None = None,
-    init=None,
-    d_warmup_kimg: float = 0.0,
-) -> Path:
-    """Train (or resume) and return the path of ``out_dir/generator.pt``.
+@dataclass(frozen=True)
+class ContourTrainingConfig:
+    """What decides a contour training run's result (and how often it records itself).
 
-    Give exactly one of ``kimg`` (thousands of real images shown) or ``steps``. ``log`` is an
-    optional callable receiving each tick's log dict (after it is written and snapshotted).
+    Give exactly one of ``kimg`` (thousands of real images shown) or ``steps``.
     Hyper-parameters left ``None`` come from the preset's ``training`` section.
     ``dihedral`` shows each real map in a random one of its 8 flips/rotations: cell layouts
     have no preferred orientation, so this multiplies the data by 8 without changing the
     distribution G must learn (unlike ``augment``, which D sees on fakes too).
-    ``max_minutes`` stops after the first tick past that wall time (snapshot written);
-    rerunning the same call resumes.
     ``init`` (a ``contour-generator`` checkpoint of the same preset) starts G and G_ema from
     its weights and ``w_avg`` (continued training; D starts fresh, so ``d_warmup_kimg``
     trains D alone first, G frozen, lest a random D's gradients undo what G learned; the EMA
     then starts without ramp-up, from the loaded weights).
+    ``tick_steps``, ``sample_seeds`` and ``keep_samples`` only set what the run folder records.
     """
+
+    preset: str = "small256"
+    kimg: float | None = None
+    steps: int | None = None
+    batch: int | None = None
+    seed: int = 0
+    augment: str | float = "ada"
+    dihedral: bool = True
+    r1_gamma: float | None = None
+    pl_weight: float | None = None
+    lr: float | None = None
+    ema_kimg: float | None = None
+    style_mixing_prob: float | None = None
+    ada_target: float = 0.6
+    ada_kimg: float | None = None
+    r1_interval: int = 16
+    pl_interval: int = 4
+    config_overrides: dict | None = None
+    init: str | Path | None = None
+    d_warmup_kimg: float = 0.0
+    tick_steps: int | None = None
+    sample_seeds: tuple = tuple(range(16))
+    keep_samples: int = 3
+
+
+def train_contours(data, out_dir, config: ContourTrainingConfig | None = None, *, device: str = "cpu",
+                   progress: bool = True, max_minutes: float | None = None, resume: bool = True, log=None,
+                   **options) -> Path:
+    """Train (or resume) and return the path of ``out_dir/generator.pt``.
+
+    ``config`` (default :class:`ContourTrainingConfig`) says what to train; keyword
+    ``options`` replace single fields of it (``train_contours(data, out, steps=10)``).
+    ``log`` is an optional callable receiving each tick's log dict (after it is written and
+    snapshotted). ``max_minutes`` stops after the first tick past that wall time (snapshot
+    written; the return value is then the snapshot's path); rerunning the same call resumes.
+    """
+    config = replace(config or ContourTrainingConfig(), **options)
+    return _train(data, out_dir, device=device, progress=progress, max_minutes=max_minutes, resume=resume, log=log,
+                  **{f.name: getattr(config, f.name) for f in fields(config)})
+
+
+def _train(data, out_dir, *, device, progress, max_minutes, resume, log, preset, kimg, steps, batch, seed, augment,
+           dihedral, r1_gamma, pl_weight, lr, ema_kimg, style_mixing_prob, ada_target, ada_kimg, r1_interval,
+           pl_interval, config_overrides, init, d_warmup_kimg, tick_steps, sample_seeds, keep_samples) -> Path:
     t_start = time.time()
     dev = resolve_device(device)
     cfg = preset_config(preset, **(config_overrides or {}))
@@ -381,13 +393,7 @@ def train_contours(
         torch.set_rng_state(ex["rng_cpu"])
         if dev.type == "cuda" and "rng_cuda" in ex:
             torch.cuda.set_rng_state(ex["rng_cuda"])
-    # drop log lines of steps after the snapshot (a run killed between log and snapshot)
-    if log_path.exists():
-        lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()]
-        keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= step] if resume else []
-        if keep != lines:
-            with atomic_path(log_path) as tmp:
-                tmp.write_text("".join(ln + "\n" for ln in keep))
+    trim_log(log_path, step, resume)
 
     amp = dev.type == "cuda"
     sample_z = torch.from_numpy(np.concatenate([z_from_seed(s, cfg["z_dim"]) for s in sample_seeds])).float().to(dev)
@@ -495,8 +501,7 @@ def train_contours(
                 bar.close()
                 raise CellgenError(f"training diverged at step {step} (loss_G {entry['loss_G']}, "
                                    f"loss_D {entry['loss_D']}); try a larger --r1-gamma or a lower lr")
-            with open(log_path, "a") as fh:
-                fh.write(json.dumps(entry) + "\n")
+            append_log(log_path, entry)
             with torch.no_grad():
                 samples = G_ema.synthesis(G_ema.mapping(sample_z, update_w_avg=False), noise_mode="const")
             _write_grid(out_dir / f"samples_{step:08d}.png", samples.float().cpu().numpy())
@@ -509,7 +514,7 @@ def train_contours(
             tick_start = time.time()
             if log is not None:
                 log(entry)
-            if max_minutes is not None and time.time() - t_start > 60.0 * max_minutes and step < total:
+            if out_of_time(t_start, max_minutes) and step < total:
                 bar.close()
                 print(f"stopped after {max_minutes} min at step {step} of {total}; run again to resume",
                       file=sys.stderr)

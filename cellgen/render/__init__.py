@@ -2,7 +2,7 @@
 
 Modules: :mod:`~cellgen.render.networks` (generators, discriminators, losses, presets),
 :mod:`~cellgen.render.renderer` (:class:`Renderer`: load a checkpoint and render),
-:mod:`~cellgen.render.train` (:func:`train_renderer`), :mod:`~cellgen.render.evaluate`
+:mod:`~cellgen.render.train` (:func:`train_renderer`, :class:`RendererTrainingConfig`), :mod:`~cellgen.render.evaluate`
 (:func:`evaluate_renderer`, the paper's Table 3 protocol), :mod:`~cellgen.render.import_official`
 (NVIDIA pix2pixHD ``latest_net_G.pth`` import), :mod:`~cellgen.render.data` (training pairs),
 :mod:`~cellgen.render.appearance` (per-cell appearance and noise inputs drawn from a seed),
@@ -20,6 +20,7 @@ _LAZY = {
     "PRESETS": "cellgen.render.networks",
     "make_config": "cellgen.render.networks",
     "train_renderer": "cellgen.render.train",
+    "RendererTrainingConfig": "cellgen.render.train",
     "evaluate_renderer": "cellgen.render.evaluate",
     "import_official_generator": "cellgen.render.import_official",
     "official_to_renderer": "cellgen.render.import_official",
@@ -28,6 +29,7 @@ _LAZY = {
 __all__ = [
     "PRESETS",
     "Renderer",
+    "RendererTrainingConfig",
     "evaluate_renderer",
     "import_official_generator",
     "make_config",

@@ -24,15 +24,15 @@ Outputs in ``out_dir``:
 * ``renderer.pt`` / ``.json``: kind ``renderer``, the final generator plus info (data,
   steps, wall time, device).
 
-Public API: :func:`train_renderer`, :func:`lr_at`, :data:`SNAPSHOT_KIND`.
+Public API: :func:`train_renderer`, :class:`RendererTrainingConfig`, :func:`lr_at`, :data:`SNAPSHOT_KIND`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import time
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +46,7 @@ from cellgen.fileio import atomic_path
 from cellgen.render import appearance, networks
 from cellgen.render.data import open_pairs
 from cellgen.render.renderer import KIND, resolve_device
-from cellgen.runs import changed_options, data_digest, load_snapshot
+from cellgen.runs import append_log, changed_options, data_digest, load_snapshot, out_of_time
 
 SNAPSHOT_KIND = "renderer-training"
 
@@ -142,65 +142,69 @@ def _describe(data) -> str:
     return str(Path(data).resolve())
 
 
-def train_renderer(
-    data,
-    out_dir,
-    preset: str = "small256",
-    *,
-    steps: int | None = None,
-    epochs: float | None = None,
-    batch: int = 1,
-    seed: int = 0,
-    device: str = "cpu",
-    resume: bool = True,
-    progress: bool = True,
-    tick: int | None = None,
-    decay_fraction: float = 0.5,
-    augment: bool = True,
-    vgg_weights=None,
-    config_overrides: dict | None = None,
-    n_samples: int = 3,
-    max_minutes: float | None = None,
-    threads: int | None = None,
-    log=None,
-    init_from=None,
-    adapt_init: bool = False,
-) -> Path:
-    """Train (or resume training) a renderer on ``data``; returns the path of ``renderer.pt``.
+@dataclass(frozen=True)
+class RendererTrainingConfig:
+    """What decides a renderer training run's result (and how often it records itself).
 
     Exactly one of ``steps`` (optimiser steps) and ``epochs`` (passes over the images,
     ``ceil(n / batch)`` steps each) sets the length. The last ``decay_fraction`` of the
-    steps decays the learning rate linearly to zero. ``tick`` (default: ~20 per run, at
-    most every 500 steps) is how often a snapshot, a sample PNG and a log line are written.
+    steps decays the learning rate linearly to zero. ``config_overrides`` change single keys
+    of the ``preset``'s network config. ``vgg_weights`` (a local VGG19 state dict) adds the
+    VGG perceptual loss. ``init_from`` starts a new run from trained weights instead of random
+    ones: a renderer checkpoint (G only; D starts fresh) or a training snapshot (G and D); the
+    model config is then the checkpoint's, not ``preset``'s. This is how to fine-tune the
+    shipped renderer on a few of your own images, or to give a paused run a new schedule (for
+    example a learning-rate decay phase). With ``adapt_init`` the config is ``preset``'s (plus
+    overrides) and the init weights are copied wherever they fit
+    (:func:`cellgen.render.networks.transplant`): a warm start for a changed architecture.
+    ``tick`` (default: ~20 per run, at most every 500 steps) is how often a snapshot, a sample
+    PNG and a log line are written; ``n_samples`` is the number of images in each sample PNG.
+    """
+
+    preset: str = "small256"
+    steps: int | None = None
+    epochs: float | None = None
+    batch: int = 1
+    seed: int = 0
+    augment: bool = True
+    decay_fraction: float = 0.5
+    config_overrides: dict | None = None
+    vgg_weights: str | Path | None = None
+    init_from: str | Path | None = None
+    adapt_init: bool = False
+    tick: int | None = None
+    n_samples: int = 3
+
+
+def train_renderer(data, out_dir, config: RendererTrainingConfig | None = None, *, device: str = "cpu",
+                   progress: bool = True, max_minutes: float | None = None, resume: bool = True, log=None,
+                   threads: int | None = None, **options) -> Path:
+    """Train (or resume training) a renderer on ``data``; returns the path of ``renderer.pt``.
+
+    ``config`` (default :class:`RendererTrainingConfig`) says what to train; keyword
+    ``options`` replace single fields of it (``train_renderer(data, out, steps=10)``).
     ``max_minutes`` stops early (after a snapshot) so a later call can resume; the return
     value is then the snapshot path. ``threads`` sets torch's CPU thread count for the
     call (restored afterwards; on a CPU shared with other jobs, 1 is often fastest).
     ``log`` is a callable for human-readable messages (default ``tqdm.write`` when
-    ``progress``, else silent). ``init_from`` starts a new run from trained weights
-    instead of random ones: a renderer checkpoint (G only; D starts fresh) or a training
-    snapshot (G and D); the model config is then the checkpoint's, not ``preset``'s. This is
-    how to fine-tune the shipped renderer on a few of your own images, or to give a paused
-    run a new schedule (for example a learning-rate decay phase). With ``adapt_init`` the
-    config is ``preset``'s (plus overrides) and the init weights are copied wherever they fit
-    (:func:`cellgen.render.networks.transplant`): a warm start for a changed architecture.
+    ``progress``, else silent).
 
     A config with ``feat_nc`` measures the appearance tables (:mod:`cellgen.render.appearance`)
     on ``data`` at the start and keeps them with the weights; with ``lambda_perc`` > 0 the
     EfficientNet-Lite0 perceptual loss (:mod:`cellgen.render.perceptual`) joins the objective.
     """
+    config = replace(config or RendererTrainingConfig(), **options)
     old_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
     try:
-        return _train(data, out_dir, preset, steps=steps, epochs=epochs, batch=batch, seed=seed, device=device,
-                      resume=resume, progress=progress, tick=tick, decay_fraction=decay_fraction, augment=augment,
-                      vgg_weights=vgg_weights, config_overrides=config_overrides, n_samples=n_samples,
-                      max_minutes=max_minutes, log=log, init_from=init_from, adapt_init=adapt_init)
+        return _train(data, out_dir, device=device, resume=resume, progress=progress, max_minutes=max_minutes,
+                      log=log, **{f.name: getattr(config, f.name) for f in fields(config)})
     finally:
         torch.set_num_threads(old_threads)
 
 
-def _train(data, out_dir, preset, *, steps, epochs, batch, seed, device, resume, progress, tick, decay_fraction,
+def _train(data, out_dir, *, preset, steps, epochs, batch, seed, device, resume, progress, tick, decay_fraction,
            augment, vgg_weights, config_overrides, n_samples, max_minutes, log, init_from, adapt_init) -> Path:
     say = log if log is not None else (tqdm.write if progress else (lambda msg: None))
     out_dir = Path(out_dir)
@@ -297,8 +301,7 @@ def _train(data, out_dir, preset, *, steps, epochs, batch, seed, device, resume,
         logf = out_dir / "log.jsonl"
 
         def write_log(record: dict):
-            with open(logf, "a") as fh:
-                fh.write(json.dumps(record, sort_keys=True) + "\n")
+            append_log(logf, record, sort_keys=True)
 
         vgg_note = (f"VGG19 perceptual loss on (weights {vgg_weights})" if vgg else
                     "VGG19 perceptual loss off (pass vgg_weights=PATH of a local VGG19 state dict to enable it)")
@@ -388,8 +391,8 @@ def _train(data, out_dir, preset, *, steps, epochs, batch, seed, device, resume,
             count += 1
             step += 1
             bar.update(1)
-            out_of_time = max_minutes is not None and (time.time() - t0) > 60.0 * max_minutes
-            if step % tick == 0 or step == total or out_of_time:
+            time_up = out_of_time(t0, max_minutes)
+            if step % tick == 0 or step == total or time_up:
                 wall = wall_before + time.time() - t0
                 save_snapshot(wall)
                 write_samples()
@@ -398,7 +401,7 @@ def _train(data, out_dir, preset, *, steps, epochs, batch, seed, device, resume,
                 bar.set_postfix({k: f"{v:.3f}" for k, v in means.items()
                                  if (k != "G_VGG" or vgg is not None) and (k != "G_perc" or perc is not None)})
                 sums, count = {}, 0
-                if out_of_time and step < total:
+                if time_up and step < total:
                     stopped_early = True
                     break
         bar.close()
