@@ -12,6 +12,7 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import maximum_bipartite_matching
 
 from cellgen.bench import metrics as M
+from cellgen.bench.bootstrap import bootstrap_ci
 from cellgen.errors import InvalidMaskError
 
 THR = M.THRESHOLDS
@@ -622,10 +623,10 @@ def tier():
 
 def test_bootstrap_deterministic(tier):
     inst, pix = tier
-    a = M.bootstrap_ci(inst, "mean_ap", seed=5)
-    assert a == M.bootstrap_ci(inst, "mean_ap", seed=5)
-    assert a != M.bootstrap_ci(inst, "mean_ap", seed=6)
-    assert M.bootstrap_ci(pix, "mIoU", seed=1) == M.bootstrap_ci(pix, "mIoU", seed=1)
+    a = bootstrap_ci(inst, "mean_ap", seed=5)
+    assert a == bootstrap_ci(inst, "mean_ap", seed=5)
+    assert a != bootstrap_ci(inst, "mean_ap", seed=6)
+    assert bootstrap_ci(pix, "mIoU", seed=1) == bootstrap_ci(pix, "mIoU", seed=1)
 
 
 @pytest.mark.parametrize(
@@ -636,7 +637,7 @@ def test_bootstrap_ci_contains_point(tier, metric):
     m = M.instance_metrics(M.pool_instance_counts(inst))
     base, _, sub = metric.partition("@")
     point = m[base] if not sub else m[base][list(np.round(m["thresholds"], 2)).index(float(sub))]
-    lo, hi = M.bootstrap_ci(inst, metric)
+    lo, hi = bootstrap_ci(inst, metric)
     assert lo <= point <= hi
     assert lo < hi
 
@@ -647,17 +648,17 @@ def test_bootstrap_pixel_ci_contains_point(tier, metric):
     m = M.pixel_metrics(M.pool_pixel_totals(pix))
     base, _, sub = metric.partition("@")
     point = m[base] if not sub else m[base][M.PIXEL_CLASSES.index(sub)]
-    lo, hi = M.bootstrap_ci(pix, metric)
+    lo, hi = bootstrap_ci(pix, metric)
     assert lo <= point <= hi and lo < hi
 
 
 def test_bootstrap_width_shrinks_with_more_images(tier):
     inst, pix = tier
-    lo1, hi1 = M.bootstrap_ci(inst, "mean_ap")
-    lo8, hi8 = M.bootstrap_ci(inst * 8, "mean_ap")
+    lo1, hi1 = bootstrap_ci(inst, "mean_ap")
+    lo8, hi8 = bootstrap_ci(inst * 8, "mean_ap")
     assert hi8 - lo8 < 0.6 * (hi1 - lo1)
-    lo1, hi1 = M.bootstrap_ci(pix, "mIoU")
-    lo8, hi8 = M.bootstrap_ci(pix * 8, "mIoU")
+    lo1, hi1 = bootstrap_ci(pix, "mIoU")
+    lo8, hi8 = bootstrap_ci(pix * 8, "mIoU")
     assert hi8 - lo8 < 0.6 * (hi1 - lo1)
 
 
@@ -673,7 +674,7 @@ def test_bootstrap_matches_slow_loop(tier, metric):
         m = M.instance_metrics(M.pool_instance_counts([inst[i] for i in row]))
         vals.append(m[base] if not sub else m[base][np.flatnonzero(np.isclose(m["thresholds"], float(sub)))[0]])
     want = np.nanpercentile(vals, [2.5, 97.5])
-    got = M.bootstrap_ci(inst, metric, n_boot=B, seed=3)
+    got = bootstrap_ci(inst, metric, n_boot=B, seed=3)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
 
 
@@ -683,7 +684,7 @@ def test_bootstrap_pixel_matches_slow_loop(tier):
     idx = np.random.default_rng(4).integers(0, n, size=(B, n))
     vals = [M.pixel_metrics(M.pool_pixel_totals([pix[i] for i in row]))["mFscore"] for row in idx]
     np.testing.assert_allclose(
-        M.bootstrap_ci(pix, "mFscore", n_boot=B, seed=4), np.nanpercentile(vals, [2.5, 97.5]), atol=1e-12
+        bootstrap_ci(pix, "mFscore", n_boot=B, seed=4), np.nanpercentile(vals, [2.5, 97.5]), atol=1e-12
     )
 
 
@@ -691,14 +692,14 @@ def test_bootstrap_bad_names(tier):
     inst, pix = tier
     for bad in ("nope", "ap", "ap@0.42", "mean_ap@0.5", "thresholds"):
         with pytest.raises(KeyError):
-            M.bootstrap_ci(inst, bad, n_boot=10)
+            bootstrap_ci(inst, bad, n_boot=10)
     with pytest.raises(KeyError):
-        M.bootstrap_ci(pix, "IoU@cytoplasm", n_boot=10)
+        bootstrap_ci(pix, "IoU@cytoplasm", n_boot=10)
     with pytest.raises(ValueError):
-        M.bootstrap_ci([], "mean_ap")
+        bootstrap_ci([], "mean_ap")
 
 
 def test_bootstrap_single_image_is_degenerate(tier):
     inst, _ = tier
-    lo, hi = M.bootstrap_ci(inst[:1], "pq")
+    lo, hi = bootstrap_ci(inst[:1], "pq")
     assert lo == hi == pytest.approx(M.instance_metrics(inst[0])["pq"])

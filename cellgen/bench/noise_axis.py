@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from cellgen.bench import metrics
+from cellgen.bench.bootstrap import bootstrap_ci
 from cellgen.fileio import atomic_path, read_csv_rows, write_csv_rows
 
 HEADLINE = ("mIoU", "mDice", "f1@0.5", "mean_ap", "pq")
@@ -68,7 +69,7 @@ def summarise_snr(records, density_tiers, snr_tiers, n_boot: int = 1000, seed: i
                 row = dict(compartment=comp, snr_tier=snr, tier=tier, n_images=len(sel),
                            variants=" ".join(sorted({r["variant"] for r in sel})), **_point(pix, inst))
                 for name in HEADLINE:
-                    lo, hi = metrics.bootstrap_ci(pix if name in ("mIoU", "mDice") else inst, name,
+                    lo, hi = bootstrap_ci(pix if name in ("mIoU", "mDice") else inst, name,
                                                   n_boot=n_boot, seed=seed)
                     row[f"{name}_ci_low"], row[f"{name}_ci_high"] = lo, hi
                 rows.append(row)

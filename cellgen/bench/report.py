@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from cellgen.bench import crowding, linkage, metrics
+from cellgen.bench.bootstrap import bootstrap_ci
 from cellgen.bench import noise_axis
 from cellgen.bench.runner import RUN, load_records
 from cellgen.errors import CellgenError
@@ -100,7 +101,7 @@ def summarise(records, tier_names, n_boot: int = 1000, seed: int = 0) -> list[di
             row = dict(compartment=comp, variant=variant, tier=tier, n_images=len(sel),
                        **_scored(metrics.pool_pixel_totals(pix), metrics.pool_instance_counts(inst)))
             for name, (kind, _) in HEADLINE.items():
-                lo, hi = metrics.bootstrap_ci(pix if kind == "pixel" else inst, name, n_boot=n_boot, seed=seed)
+                lo, hi = bootstrap_ci(pix if kind == "pixel" else inst, name, n_boot=n_boot, seed=seed)
                 row[f"{name}_ci_low"], row[f"{name}_ci_high"] = lo, hi
             links = [r["linkage"] for r in sel if "linkage" in r]
             row.update(linkage.linkage_metrics(linkage.pool_linkage(links)) if links
