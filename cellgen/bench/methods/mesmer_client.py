@@ -17,7 +17,6 @@ import os
 import re
 import select
 import signal
-import struct
 import subprocess
 import sys
 import threading
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from cellgen.bench.methods.deepcell_env import side_env_vars
+from cellgen.bench.methods.mesmer_worker import MAGIC, PREFIX, encode_message
 from cellgen.errors import CellgenError
 
 WORKER_SCRIPT = Path(__file__).with_name("mesmer_worker.py")
@@ -41,9 +41,9 @@ class ModelLoadError(WorkerError):
     """The worker started but could not load the model: retrying gives the same result."""
 
 
-# Protocol shared with mesmer_worker.py (see its docstring).
-_MAGIC = b"CGMW"
-_PREFIX = struct.Struct(">4sIQ")
+# Protocol shared with mesmer_worker.py (see its docstring); the worker module imports only
+# the standard library at module level, so the client takes the framing from it.
+_MAGIC, _PREFIX = MAGIC, PREFIX
 _MAX_HEADER = 1 << 20
 
 
@@ -225,14 +225,8 @@ class MesmerWorker:
         if not self.alive:
             raise WorkerError(f"deepcell worker is not running ({self._broken or 'it exited'})")
         op = header.get("op", "?")
-        payload = b""
-        if arrays:
-            buf = io.BytesIO()
-            np.savez(buf, **arrays)
-            payload = buf.getvalue()
-        hbytes = json.dumps(header).encode("utf-8")
         deadline = time.monotonic() + timeout
-        self._write_all(_PREFIX.pack(_MAGIC, len(hbytes), len(payload)) + hbytes + payload, deadline, op, timeout)
+        self._write_all(encode_message(header, arrays), deadline, op, timeout)
         reply, out = self._read_message(deadline, op)
         self.requests += 1
         if not reply.get("ok"):

@@ -86,7 +86,8 @@ def read_message(stream):
     return header, arrays
 
 
-def write_message(stream, header, arrays=None):
+def encode_message(header, arrays=None) -> bytes:
+    """One message as bytes: prefix, JSON header, then the arrays as an .npz payload."""
     payload = b""
     if arrays:
         import numpy as np
@@ -95,10 +96,11 @@ def write_message(stream, header, arrays=None):
         np.savez(buf, **arrays)
         payload = buf.getvalue()
     hbytes = json.dumps(header).encode("utf-8")
-    stream.write(PREFIX.pack(MAGIC, len(hbytes), len(payload)))
-    stream.write(hbytes)
-    if payload:
-        stream.write(payload)
+    return PREFIX.pack(MAGIC, len(hbytes), len(payload)) + hbytes + payload
+
+
+def write_message(stream, header, arrays=None):
+    stream.write(encode_message(header, arrays))
     stream.flush()
 
 
