@@ -202,3 +202,29 @@ def test_nucleus_only_sets_export_and_preview_their_nuclei_alone(tmp_path):
 
     near = lambda colour: (np.abs(pixels / 255.0 - np.asarray(colour)) < 0.04).all(1).sum()  # noqa: E731
     assert near(NUCLEUS_OUTLINE) > 100 and near(CELL_OUTLINE) == 0
+
+
+@pytest.mark.parametrize("mode", ["max", "percentile"])
+def test_intensity_scalings_are_applied_and_recorded(tmp_path, mode):
+    raw, nuclei = load_dsb2018()
+    src = tmp_path / "dapi"
+    src.mkdir()
+    for i in range(2):  # the second image is half as bright: 'max' scales both by the set's maximum
+        tifffile.imwrite(src / f"d{i}.tif", (raw[:128, :128] // (i + 1)).astype(np.uint16))
+        tifffile.imwrite(src / f"d{i}_masks.tif", nuclei[:128, :128].astype(np.uint16))
+    out = tmp_path / f"{mode}.h5"
+    result = invoke("datasets", "import", src, "-o", out, "--channels", "nucleus=0", "--pixel-size", "0.5",
+                    "--intensity", mode, "-q")
+    assert result.exit_code == 0, result.output
+    with BenchmarkSet(out) as ds:
+        scaling = json.loads(ds.attrs["intensity_scaling"])
+        first, second = ds.images(0)[0].astype(float), ds.images(1)[0].astype(float)
+    assert scaling["mode"] == mode
+    top = float(raw[:128, :128].max())
+    if mode == "max":
+        assert scaling["per_image"][0]["nucleus"] == scaling["per_image"][1]["nucleus"] == [0.0, top]
+        assert np.allclose(first, np.round(raw[:128, :128] / top * 65535))
+        assert second.max() < 0.6 * first.max()
+    else:
+        lo, hi = scaling["per_image"][0]["nucleus"]
+        assert 0 <= lo < hi <= top and first.max() == 65535 and second.max() == 65535

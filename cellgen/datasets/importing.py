@@ -358,28 +358,45 @@ def combine_masks(cells: np.ndarray | None, nuclei: np.ndarray | None, drop_cell
 
 # -- intensities -------------------------------------------------------------------------------
 
-def _scale_image(raw: np.ndarray, scaling: str, set_max: np.ndarray | None) -> tuple[np.ndarray, list]:
-    """Float image in [0, 1] and the per-channel (low, high) mapped to 0 and 1."""
-    data = raw.astype(np.float64)
-    if scaling == "dtype":
-        if raw.dtype.kind in "ui":
-            lows, highs = [0.0] * len(data), [float(np.iinfo(raw.dtype).max)] * len(data)
-        elif raw.dtype.kind == "b":
-            lows, highs = [0.0] * len(data), [1.0] * len(data)
-        else:
-            lows, highs = [0.0] * len(data), [1.0] * len(data)
-            if data.size and (np.nanmin(data) < 0 or np.nanmax(data) > 1):
-                raise ImportProblem("float pixel values outside [0, 1]; use --intensity max or percentile")
-    elif scaling == "max":
-        lows, highs = [0.0] * len(data), [float(m) for m in set_max]
-    else:
-        lows = [float(np.percentile(c, PERCENTILES[0])) for c in data]
-        highs = [float(np.percentile(c, PERCENTILES[1])) for c in data]
-    out = np.empty_like(data)
-    for c in range(len(data)):
-        span = highs[c] - lows[c]
-        out[c] = (data[c] - lows[c]) / span if span > 0 else 0.0
-    return np.clip(out, 0.0, 1.0), [[lo, hi] for lo, hi in zip(lows, highs)]
+def _intensity_range(raw: np.ndarray, scaling: str) -> list | None:
+    """Per-channel (low, high) that map to 0 and 1; None for ``max``, which needs the whole set."""
+    if scaling == "max":
+        return None
+    if scaling == "percentile":
+        data = raw.astype(np.float64)
+        return [[float(np.percentile(c, PERCENTILES[0])), float(np.percentile(c, PERCENTILES[1]))] for c in data]
+    if raw.dtype.kind in "ui":
+        return [[0.0, float(np.iinfo(raw.dtype).max)]] * len(raw)
+    if raw.dtype.kind == "f" and raw.size and (np.nanmin(raw) < 0 or np.nanmax(raw) > 1):
+        raise ImportProblem("float pixel values outside [0, 1]; use --intensity max or percentile")
+    return [[0.0, 1.0]] * len(raw)
+
+
+def _scaled(raw: np.ndarray, ranges: list) -> np.ndarray:
+    """Float image in [0, 1] from the per-channel ranges."""
+    out = np.zeros(raw.shape, np.float64)
+    for c, (lo, hi) in enumerate(ranges):
+        if hi > lo:
+            out[c] = (raw[c].astype(np.float64) - lo) / (hi - lo)
+    return np.clip(out, 0.0, 1.0)
+
+
+def _load(pair: Pair, channels: dict | None, drop_cells_without_nucleus: bool):
+    """One pair read and checked: (raw image, file info, channel map, masks, notes, compartments)."""
+    raw, info = read_image(pair.image, pair.index)
+    labels = {c: read_labels(p, pair.index) for c, p in sorted(pair.labels.items())}
+    mapping = channels or ({"nucleus": 0} if raw.shape[0] == 1 else {"nucleus": 0, "cytoplasm": 1})
+    bad = {k: i for k, i in mapping.items() if i >= raw.shape[0]}
+    if bad:
+        raise ImportProblem(f"{pair.image}: has {raw.shape[0]} channel(s); --channels asks for {bad}")
+    shape = raw.shape[1:]
+    for comp, lab in labels.items():
+        if lab.shape != shape:
+            raise ImportProblem(f"{pair.labels[comp]}: labels are {lab.shape[0]}x{lab.shape[1]}, "
+                                f"the image {shape[0]}x{shape[1]}")
+    masks, notes = combine_masks(labels.get("cell"), labels.get("nucleus"), drop_cells_without_nucleus,
+                                 where=str(pair.image) + (f"[{pair.index}]" if pair.index is not None else ""))
+    return raw, info, mapping, masks, notes, tuple(c for c in COMPARTMENTS if c in labels)
 
 
 def parse_channels(text: str | None) -> dict | None:
@@ -419,36 +436,31 @@ def import_set(source, output, *, cells=None, nuclei=None, masks_are: str | None
         raise CellgenError(f"--masks-are must be cell or nucleus, got {masks_are!r}")
     pairs, problems = find_pairs(source, cells, nuclei, masks_are)
 
-    items, sizes, pixel_sizes, compartments = [], {}, set(), None
+    # first pass: read and check everything, keep only what the header needs (not the pixels);
+    # the writer reads each pair again, so memory stays one image whatever the set's size
+    items, sizes, pixel_sizes, compartments, set_max = [], {}, set(), None, {}
     for pair in pairs:
         if not pair.labels:
             continue  # already named in the problems
         try:
-            raw, info = read_image(pair.image, pair.index)
-            labels = {c: read_labels(p, pair.index) for c, p in sorted(pair.labels.items())}
-            mapping = channels or ({"nucleus": 0} if raw.shape[0] == 1 else {"nucleus": 0, "cytoplasm": 1})
-            bad = {k: i for k, i in mapping.items() if i >= raw.shape[0]}
-            if bad:
-                raise ImportProblem(f"{pair.image}: has {raw.shape[0]} channel(s); --channels asks for {bad}")
-            shape = raw.shape[1:]
-            for comp, lab in labels.items():
-                if lab.shape != shape:
-                    raise ImportProblem(f"{pair.labels[comp]}: labels are {lab.shape[0]}x{lab.shape[1]}, "
-                                        f"the image {shape[0]}x{shape[1]}")
-            masks, notes = combine_masks(labels.get("cell"), labels.get("nucleus"), drop_cells_without_nucleus,
-                                         where=str(pair.image) + (f"[{pair.index}]" if pair.index is not None else ""))
+            raw, info, mapping, _, notes, comps = _load(pair, channels, drop_cells_without_nucleus)
+            try:
+                ranges = _intensity_range(raw, scaling)
+            except ImportProblem as err:
+                raise ImportProblem(f"{pair.image}: {err}") from None
         except ImportProblem as err:
             problems.append(str(err))
             continue
-        comps = tuple(c for c in COMPARTMENTS if c in labels)
         if compartments is None:
             compartments = comps
         elif comps != compartments:
             problems.append(f"{pair.image}: annotates {', '.join(comps)}, the others {', '.join(compartments)}")
             continue
-        sizes.setdefault(shape, []).append(pair.name)
+        for c, peak in enumerate(raw.reshape(raw.shape[0], -1).max(1)):  # for --intensity max
+            set_max[c] = max(set_max.get(c, 0.0), float(peak))
+        sizes.setdefault(raw.shape[1:], []).append(pair.name)
         pixel_sizes.add(info["pixel_size_um"])
-        items.append((pair, raw, mapping, masks, notes))
+        items.append((pair, mapping, ranges, notes))
     if problems:
         raise CellgenError(f"{len(problems)} problem(s), nothing written:\n  " + "\n  ".join(problems))
     if not items:
@@ -464,32 +476,22 @@ def import_set(source, output, *, cells=None, nuclei=None, masks_are: str | None
                                + (f" and differs between files ({sorted(known)})" if len(known) > 1 else "")
                                + "; pass --pixel-size UM")
         pixel_size_um = known.pop()
-    set_max = None
     if scaling == "max":
-        n_ch = max(max(m.values()) for _, _, m, _, _ in items) + 1
-        set_max = np.zeros(n_ch)
-        for _, raw, _, _, _ in items:
-            set_max[: raw.shape[0]] = np.maximum(set_max[: raw.shape[0]], raw.reshape(raw.shape[0], -1).max(1))
+        items = [(pair, mapping, [[0.0, set_max[c]] for c in sorted(set_max)], notes) for pair, mapping, _, notes in items]
+    scales = [{name: ranges[channel] for name, channel in mapping.items()} for _, mapping, ranges, _ in items]
 
-    images, scales = [], []
-    for pair, raw, mapping, _, _ in items:
-        try:
-            scaled, ranges = _scale_image(raw, scaling, set_max)
-        except ImportProblem as err:
-            raise CellgenError(f"{pair.image}: {err}") from None
+    def source_fn(i: int) -> SourceItem:
+        pair, mapping, ranges, _ = items[i]
+        raw, _, _, masks, _, _ = _load(pair, channels, drop_cells_without_nucleus)
+        scaled = _scaled(raw, ranges[: len(raw)])
         image = np.zeros((2,) + raw.shape[1:], np.float64)
         for name, channel in mapping.items():
             image[CHANNELS.index(name)] = scaled[channel]
-        images.append(image)
-        scales.append({name: ranges[channel] for name, channel in mapping.items()})
-
-    def source_fn(i: int) -> SourceItem:
-        pair, _, _, masks, _ = items[i]
-        return SourceItem(masks, images[i], seed=i, source=f"import:{pair.name}")
+        return SourceItem(masks, image, seed=i, source=f"import:{pair.name}")
 
     files = sorted({p for pair, *_ in items for p in [pair.image, *pair.labels.values()]})
     recipe = {
-        "source": "import", "channels": items[0][2], "compartments": list(compartments), "scaling": scaling,
+        "source": "import", "channels": items[0][1], "compartments": list(compartments), "scaling": scaling,
         "drop_cells_without_nucleus": drop_cells_without_nucleus,
         "files": {str(p.name): file_digest(p) for p in files},
     }
