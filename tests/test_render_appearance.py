@@ -9,7 +9,7 @@ from scipy import ndimage as ndi
 from cellgen.checkpoint import load_checkpoint
 from cellgen.errors import CellgenError
 from cellgen.pipeline import simulate_set
-from cellgen.render import appearance, networks, texture
+from cellgen.render import appearance, losses, networks, texture
 from cellgen.render.data import open_pairs
 from cellgen.render.renderer import Renderer
 from cellgen.render.train import train_renderer
@@ -86,9 +86,99 @@ def test_cell_means_and_region_features():
     assert drawn == {(0.6, 0.1), (0.9, 0.2)}
     bg = appearance.sample_features(tables, sem, cell, 0)[:, 0, 0]
     assert np.allclose(bg, [0.02, 0.04])
+    # relative rows (renderers with background_offset) ride on the drawn background
+    rel = {tuple(np.round(appearance.sample_features(tables, sem, cell, seed, relative=True)[:, 32, 30].astype(float),
+                          4).tolist()) for seed in range(20)}
+    assert rel == {(0.62, 0.14), (0.92, 0.24)}
+
+
+def test_relative_tables_subtract_each_images_own_background(tiny_set):
+    with _pairs(tiny_set) as pairs:
+        raw = appearance.collect_tables(pairs, relative=False)
+        rel = appearance.collect_tables(pairs, relative=True)
+        first = appearance._cell_rows(pairs[0].image, pairs[0].semantic, pairs[0].cell)
+    assert torch.equal(raw["background"], rel["background"]) and len(raw["cells"]) == len(rel["cells"])
+    n0 = len(first[0])
+    np.testing.assert_allclose(rel["cells"][:n0].numpy(), (first[0] - np.tile(first[1], 2)).astype(np.float32), atol=1e-6)
+    # what a cell adds to its background: positive in its own compartment's channel
+    assert (rel["cells"][:, 0] > 0).all() and (rel["cells"][:, 3] > 0).all()
 
 
 # ----------------------------------------------------------------------------- networks
+
+
+def test_region_mean_loss_is_the_mean_gap_of_region_means():
+    rng = np.random.default_rng(0)
+    sem, cell, _ = _disk_masks()
+    labels = torch.from_numpy(np.stack([appearance.region_labels(sem, cell)] * 2))
+    real = torch.from_numpy(rng.normal(0, 0.1, (2, 2, 64, 64)).astype(np.float32))
+    # a brighter background in image 0, channel 1 only: 1 of the 2 x 2 background means is off by 0.3;
+    # the background is half the loss, the cells (2 images x 2 regions x 2 channels) the other half
+    fake = real.clone()
+    fake[0, 1][labels[0] == 0] += 0.3
+    assert losses.region_mean_loss(fake, real, labels).item() == pytest.approx(0.5 * 0.3 / 4, rel=1e-4)
+    dim = real.clone()
+    dim[1, 0][labels[1] == 1] -= 0.2  # one nucleus, one channel: 1 of 8 cell-region means
+    assert losses.region_mean_loss(dim, real, labels).item() == pytest.approx(0.5 * 0.2 / 8, rel=1e-4)
+    # texture inside a region that keeps its mean costs nothing
+    shuffled = real.clone()
+    for r in range(3):
+        m = labels[1] == r
+        shuffled[1, 0][m] = real[1, 0][m][torch.randperm(int(m.sum()))]
+    assert losses.region_mean_loss(shuffled, real, labels).item() < 1e-6
+    fake.requires_grad_(True)
+    losses.region_mean_loss(fake, real, labels).backward()
+    assert fake.grad[0, 1][labels[0] == 0].abs().sum() > 0
+
+
+def test_spectrum_loss_sees_missing_fine_texture_not_its_placement():
+    rng = np.random.default_rng(1)
+    real = torch.from_numpy(rng.normal(0, 0.1, (2, 2, 64, 64)).astype(np.float32))
+    other = torch.from_numpy(rng.normal(0, 0.1, (2, 2, 64, 64)).astype(np.float32))  # same texture, other pixels
+    smooth = torch.from_numpy(ndi.gaussian_filter(real.numpy(), (0, 0, 1.0, 1.0)))
+    spec = losses.log_radial_spectrum(real)
+    assert spec.shape == (2, 2, 32)
+    # white noise is flat; the blur takes power away at high frequencies only
+    drop = (losses.log_radial_spectrum(smooth) - spec).mean((0, 1))
+    assert drop[:3].abs().max() < 0.3 and drop[-5:].max() < -3
+    same, blurred = losses.spectrum_loss(other, real).item(), losses.spectrum_loss(smooth, real).item()
+    assert same < 0.5 and blurred > 2.5 * same
+    # octaves count alike: doubling the power of one octave (bins 8-15) costs as much as
+    # doubling that of the finest one (bins 16-31), which has twice the bins
+    def scaled(lo, hi):
+        spec = torch.fft.rfft2(real)
+        bins, _ = losses._radial_bins(64, 64, "cpu")
+        return torch.fft.irfft2(spec * torch.where((bins >= lo) & (bins <= hi), 2 ** 0.5, 1.0), s=(64, 64))
+    low, high = losses.spectrum_loss(scaled(8, 15), real).item(), losses.spectrum_loss(scaled(16, 31), real).item()
+    assert low > 0.05 and abs(low - high) < 0.1 * high
+
+
+def test_background_offset_sets_each_images_level_from_the_input():
+    sem, cell, nuc = _disk_masks()
+    config = networks.make_config("tiny", feat_nc=2, background_offset=True)
+    G = networks.build_generator(config).eval()
+    x = networks.encode_masks(np.stack([sem, sem]), np.stack([cell, cell]), np.stack([nuc, nuc]))
+    feats = np.stack([2 * appearance.region_means(np.full((2, 64, 64), v, np.float32), appearance.region_labels(sem, cell)) - 1
+                      for v in (0.05, 0.20)])
+    gin = torch.cat([x, torch.from_numpy(feats)], 1)
+    with torch.no_grad():
+        plain, shifted = G(gin), networks.run_generator(G, config, gin)
+    bg = torch.from_numpy(cell == 0)
+    for i, level in enumerate((0.05, 0.20)):
+        np.testing.assert_allclose(shifted[i][:, bg].mean(1).numpy(), 2 * level - 1, atol=1e-5)
+        # one shift per image and channel: texture and the cells' contrast to the background are kept
+        d = (shifted[i] - plain[i]).numpy()
+        assert np.ptp(d, axis=(1, 2)).max() < 1e-5
+    # off (and in configs written before the option existed): the generator's own output
+    old = {k: v for k, v in config.items() if k != "background_offset"}
+    assert torch.equal(networks.run_generator(G, networks.complete_config(old), gin), plain)
+    # a frame without background is left as it is
+    full = torch.cat([torch.zeros_like(x[:, :1]), x[:, 1:]], 1)
+    full_in = torch.cat([full, torch.from_numpy(feats)], 1)
+    with torch.no_grad():
+        assert torch.equal(networks.run_generator(G, config, full_in), G(full_in))
+    with pytest.raises(CellgenError, match="background_offset"):
+        networks.make_config("tiny", background_offset=True)
 
 
 def test_resize_convolution_upsampling_leaves_no_checkerboard():
@@ -144,12 +234,15 @@ def tiny_set(tmp_path_factory):
 def varied(tiny_set, tmp_path_factory):
     out = tmp_path_factory.mktemp("varied")
     return train_renderer(tiny_set, out, preset="tiny", steps=6, batch=2, seed=0, progress=False, tick=3,
-                          config_overrides=dict(upsample="bilinear", feat_nc=2, noise_nc=1, lambda_perc=1.0))
+                          config_overrides=dict(upsample="bilinear", feat_nc=2, noise_nc=1, lambda_perc=1.0,
+                                                lambda_region=10.0, lambda_spectrum=1.0, background_offset=True))
 
 
 def test_varied_renderer_trains_and_renders_per_seed(varied, tiny_set):
     log = [line for line in open(varied.parent / "log.jsonl") if '"tick"' in line]
-    assert len(log) == 2 and all('"G_perc": 0.0' not in line for line in log)  # the perceptual loss is on
+    assert len(log) == 2
+    for term in ("G_perc", "G_region", "G_spectrum"):  # the perceptual, region-mean and spectrum losses are on
+        assert all(f'"{term}": 0.0' not in line and f'"{term}"' in line for line in log)
     r = Renderer.load(varied)
     assert r.varies and r.tables["cells"].shape[1] == 4 and len(r.tables["background"]) == 6
     with _pairs(tiny_set) as pairs:
@@ -158,6 +251,11 @@ def test_varied_renderer_trains_and_renders_per_seed(varied, tiny_set):
     assert np.isfinite(a).all() and a.shape == (2, 64, 64)
     assert np.array_equal(a, r.render(p.semantic, p.cell, p.nucleus, seed=11))
     assert np.abs(a - r.render(p.semantic, p.cell, p.nucleus, seed=12)).mean() > 1e-4
+    # the background level follows the one drawn for each seed (exact but for clipping at 0)
+    bg = p.cell == 0
+    drawn = np.array([appearance.sample_features(r.tables, p.semantic, p.cell, s)[:, bg][:, 0] for s in range(20, 32)])
+    levels = np.array([r.render(p.semantic, p.cell, p.nucleus, seed=s)[:, bg].mean(1) for s in range(20, 32)])
+    assert all(np.corrcoef(drawn[:, c], levels[:, c])[0, 1] > 0.9 for c in range(2))
     batch = r.render_batch(np.stack([p.semantic] * 2), np.stack([p.cell] * 2), np.stack([p.nucleus] * 2),
                            seeds=[12, 11], batch_size=1)
     np.testing.assert_allclose(batch[1], a, atol=1e-6)
@@ -192,10 +290,27 @@ class _pairs:
         self.src = open_pairs(path)
 
     def __enter__(self):
-        return [self.src.get(i) for i in range(len(self.src))]
+        return _PairList([self.src.get(i) for i in range(len(self.src))])
 
     def __exit__(self, *exc):
         self.src.close()
+
+
+class _PairList(list):
+    def get(self, i):  # the pair-source interface collect_tables reads
+        return self[i]
+
+
+def test_fine_tuning_measures_the_tables_on_its_own_images(varied, tmp_path):
+    lab = tmp_path / "lab.h5"
+    simulate_set(lab, SimulationConfig(size=64, count=(2, 5), pixel_size_um=1.0), n=4, seed=77, variants=[],
+                 progress=False)
+    tuned = train_renderer(lab, tmp_path / "tuned", preset="tiny", steps=1, batch=1, progress=False, init_from=varied)
+    tables = Renderer.load(tuned).tables
+    with _pairs(lab) as pairs:
+        expected = appearance.collect_tables(pairs, relative=True)
+    assert len(tables["background"]) == 4  # the lab's 4 images, not the 6 the init was trained on
+    torch.testing.assert_close(tables["cells"], expected["cells"])
 
 
 def test_rendered_set_draws_each_image_from_its_recorded_seed(varied, tiny_set, tmp_path):

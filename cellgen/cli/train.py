@@ -53,7 +53,8 @@ def train_contours_cmd(data, output, preset, kimg, steps, batch, augment, seed, 
 @click.option("--preset", default="varied256", show_default=True,
               type=click.Choice(["tiny", "small256", "varied256", "paper1024"]),
               help="varied256: small256 with resize-convolution upsampling, per-cell appearance inputs drawn "
-                   "from a seed, a noise input and an EfficientNet-Lite0 perceptual loss.")
+                   "from a seed (the background level set exactly), a noise input, and EfficientNet-Lite0 "
+                   "perceptual, region-mean and power-spectrum losses.")
 @click.option("--steps", type=click.IntRange(1), help="Training length in steps.")
 @click.option("--epochs", type=float, help="Training length in passes over the data (instead of --steps).")
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(1))

@@ -13,7 +13,10 @@ encoder the region means themselves are the features (two numbers a user can rea
 * rendering: each cell draws one row (nucleus ch0, ch1, cytoplasm ch0, ch1) and each image
   one background row (ch0, ch1) from tables of the training set's regions, stored with the
   checkpoint, with a generator seeded by the image's seed. Cells draw in order of their id,
-  so a cell's look depends only on the seed and its id.
+  so a cell's look depends only on the seed and its id. Renderers whose config sets
+  ``background_offset`` store each cell's row relative to its own image's background and
+  add the drawn background to it, since their generator sets the background level exactly
+  (:func:`cellgen.render.networks.run_generator`) and a cell's brightness is what it adds.
 
 ``noise_nc`` more channels carry white Gaussian noise (seeded too), from which the network
 can make texture that is not fixed by the mask.
@@ -22,7 +25,7 @@ All randomness is numpy's PCG64 from the seed, so a seed gives the same inputs o
 machine. Feature values enter the network as ``2 * mean - 1`` (the image's own scale).
 
 Public API: :func:`region_labels`, :func:`region_means`, :func:`collect_tables`,
-:func:`sample_features`, :func:`noise`, :func:`extra_inputs`, :func:`split_state`,
+:func:`sample_features`, :func:`relative_tables`, :func:`noise`, :func:`extra_inputs`, :func:`split_state`,
 :data:`TABLE_KEYS`.
 """
 
@@ -73,19 +76,24 @@ def _cell_rows(image, semantic, cell) -> np.ndarray:
     return table, background
 
 
-def collect_tables(source, max_cell_rows: int = MAX_CELL_ROWS, seed: int = 0) -> dict:
+def collect_tables(source, max_cell_rows: int = MAX_CELL_ROWS, seed: int = 0, relative: bool = False) -> dict:
     """Tables of region means over a pair source (:func:`cellgen.render.data.open_pairs`).
 
     ``cells``: (N, 4) float32 rows (nucleus ch0, ch1, cytoplasm ch0, ch1), at most
-    ``max_cell_rows`` (a seeded subsample); ``background``: (M, 2) one row per image.
+    ``max_cell_rows`` (a seeded subsample); ``background``: (M, 2) one row per image. With
+    ``relative`` (renderers with ``background_offset``) a cell's row is its means minus its
+    own image's background: what a cell adds to the background, to be drawn on top of any
+    image's level (images without background then give no cell rows).
     """
     cells, backgrounds = [], []
     for i in range(len(source)):
         p = source.get(i)
         table, bg = _cell_rows(p.image, p.semantic, p.cell)
-        cells.append(table)
         if bg is not None:
             backgrounds.append(bg)
+            cells.append(table - np.tile(bg, 2) if relative else table)
+        elif not relative:
+            cells.append(table)
     cells = np.concatenate(cells) if cells else np.zeros((0, 4))
     if len(cells) == 0 or not backgrounds:
         raise CellgenError("appearance features need training images with cells (nucleus and cytoplasm) "
@@ -96,8 +104,10 @@ def collect_tables(source, max_cell_rows: int = MAX_CELL_ROWS, seed: int = 0) ->
             "background": torch.from_numpy(np.stack(backgrounds).astype(np.float32))}
 
 
-def sample_features(tables: dict, semantic: np.ndarray, cell: np.ndarray, seed: int) -> np.ndarray:
-    """(2, H, W) region means drawn for one image's masks from ``tables`` with ``seed``."""
+def sample_features(tables: dict, semantic: np.ndarray, cell: np.ndarray, seed: int,
+                    relative: bool = False) -> np.ndarray:
+    """(2, H, W) region means drawn for one image's masks from ``tables`` with ``seed``
+    (``relative``: the cell rows are added to the drawn background, see :func:`collect_tables`)."""
     cells = tables["cells"].float().numpy()
     background = tables["background"].float().numpy()
     rng = np.random.default_rng([int(seed), 1])
@@ -105,12 +115,19 @@ def sample_features(tables: dict, semantic: np.ndarray, cell: np.ndarray, seed: 
     bg_row = background[int(rng.integers(len(background)))]
     picks = cells[rng.integers(0, len(cells), size=n)]  # row of cell id k at k - 1
     nc = background.shape[1]
+    if relative:
+        picks = picks + np.tile(bg_row, 2)
     per_region = np.zeros((2 * n + 1, nc), np.float32)
     per_region[0] = bg_row
     per_region[1::2] = picks[:, :nc]
     per_region[2::2] = picks[:, nc:]
     lab = region_labels(semantic, cell)
     return np.moveaxis(per_region[lab], -1, 0).astype(np.float32)
+
+
+def relative_tables(config: dict) -> bool:
+    """Whether a renderer's cell rows are relative to their image's background (``background_offset``)."""
+    return bool(config.get("background_offset"))
 
 
 def noise(n_channels: int, shape, seed: int) -> np.ndarray:
@@ -125,7 +142,7 @@ def extra_inputs(config: dict, tables: dict | None, semantic, cell, seed: int) -
     if feat_nc:
         if tables is None:
             raise CellgenError("this renderer takes appearance features but its checkpoint has no appearance tables")
-        parts.append(2.0 * sample_features(tables, semantic, cell, seed) - 1.0)
+        parts.append(2.0 * sample_features(tables, semantic, cell, seed, relative=relative_tables(config)) - 1.0)
     if noise_nc:
         parts.append(noise(noise_nc, np.asarray(semantic).shape, seed))
     return np.concatenate(parts).astype(np.float32) if parts else None

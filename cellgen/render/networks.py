@@ -33,12 +33,15 @@ older checkpoints build the same network): ``upsample`` ``nearest`` / ``bilinear
 replaces every transposed convolution with :class:`ResizeConv` (no checkerboard);
 ``feat_nc`` / ``noise_nc`` widen the generator's input by appearance and noise channels
 (:mod:`cellgen.render.appearance`); ``lambda_perc`` weights a perceptual loss
-(:mod:`cellgen.render.perceptual`). :func:`transplant` warm-starts one config from another's
+(:mod:`cellgen.render.perceptual`), ``lambda_region`` and ``lambda_spectrum`` the region-mean
+and power-spectrum losses (:mod:`cellgen.render.losses`); ``background_offset`` sets each
+image's background level from the appearance input (:func:`run_generator`).
+:func:`transplant` warm-starts one config from another's
 weights.
 
 Public API: :data:`PRESETS`, :func:`make_config`, :func:`complete_config`,
 :func:`generator_input_nc`, :func:`build_generator`, :func:`build_discriminator`,
-:func:`downsampling_factor`, :func:`encode_masks`, :func:`edge_map`, :func:`to_unit`,
+:func:`downsampling_factor`, :func:`encode_masks`, :func:`edge_map`, :func:`run_generator`, :func:`to_unit`,
 :func:`to_tanh`, :func:`transplant`, :func:`count_parameters`, the modules and losses above.
 """
 
@@ -85,6 +88,9 @@ _BASE = {
     "feat_nc": 0,  # per-instance appearance channels (cellgen.render.appearance)
     "noise_nc": 0,  # per-pixel noise channels drawn from the image's seed
     "lambda_perc": 0.0,  # weight of the EfficientNet-Lite0 perceptual loss (0: off)
+    "lambda_region": 0.0,  # weight of the region-mean loss (cellgen.render.losses; 0: off)
+    "lambda_spectrum": 0.0,  # weight of the power-spectrum loss (cellgen.render.losses; 0: off)
+    "background_offset": False,  # set each image's background level from the appearance input (run_generator)
 }
 UPSAMPLE_MODES = ("transpose", "nearest", "bilinear")
 
@@ -103,10 +109,12 @@ PRESETS: dict[str, dict] = {
                      n_local_enhancers=1, n_blocks_local=3, ndf=32, num_D=2, size=256),
     # small256's layout without its checkerboard and "average cell": resize-then-convolve
     # upsampling, each region's mean intensity (nucleus / cytoplasm of every cell, the
-    # background) as 2 input channels, one noise channel, and a perceptual loss
+    # background) as 2 input channels, one noise channel, a perceptual loss, and the region-mean
+    # and spectrum losses that make the appearance inputs a control and keep the finest grain
     "varied256": dict(_BASE, netG="local", ngf=16, n_downsample_global=3, n_blocks_global=6,
                       n_local_enhancers=1, n_blocks_local=3, ndf=32, num_D=2, size=256,
-                      upsample="bilinear", feat_nc=2, noise_nc=1, lambda_perc=1.0),
+                      upsample="bilinear", feat_nc=2, noise_nc=1, lambda_perc=1.0,
+                      lambda_region=50.0, lambda_spectrum=3.0, background_offset=True),
     # for tests: a few thousand parameters, 64 x 64
     "tiny": dict(_BASE, netG="global", ngf=8, n_downsample_global=2, n_blocks_global=2,
                  ndf=8, num_D=2, size=64),
@@ -130,7 +138,8 @@ def make_config(preset: str = "small256", **overrides) -> dict:
 def complete_config(config: dict) -> dict:
     """``config`` with the keys added since it was written set to their (original-architecture) defaults."""
     out = dict(config)
-    for key in ("upsample", "feat_nc", "noise_nc", "lambda_perc"):
+    for key in ("upsample", "feat_nc", "noise_nc", "lambda_perc", "lambda_region", "lambda_spectrum",
+                "background_offset"):
         out.setdefault(key, _BASE[key])
     return out
 
@@ -151,8 +160,11 @@ def check_config(config: dict) -> None:
     if int(config["feat_nc"]) not in (0, int(config["output_nc"])):
         raise CellgenError(f"renderer config feat_nc must be 0 or {config['output_nc']} (one region mean per image "
                            f"channel), got {config['feat_nc']}")
-    if not float(config["lambda_perc"]) >= 0:
-        raise CellgenError(f"renderer config lambda_perc must be >= 0, got {config['lambda_perc']}")
+    if config["background_offset"] and not int(config["feat_nc"]):
+        raise CellgenError("renderer config background_offset needs the appearance inputs (feat_nc > 0)")
+    for key in ("lambda_perc", "lambda_region", "lambda_spectrum"):
+        if not float(config[key]) >= 0:
+            raise CellgenError(f"renderer config {key} must be >= 0, got {config[key]}")
     if config.get("netG") not in ("global", "local"):
         raise CellgenError(f"netG must be 'global' or 'local', got {config.get('netG')!r}")
     for key in ("ngf", "ndf", "n_layers_D", "num_D", "input_nc", "output_nc"):
@@ -223,6 +235,28 @@ def encode_masks(semantic, cell, nucleus, device=None) -> torch.Tensor:
     onehot = F.one_hot(classes, len(INPUT_CLASSES)).permute(0, 3, 1, 2).float()
     edges = torch.maximum(edge_map(cel[:, None]), edge_map(nuc[:, None]))
     return torch.cat([onehot, edges], dim=1)
+
+
+def run_generator(G: nn.Module, config: dict, x: torch.Tensor) -> torch.Tensor:
+    """``G(x)``, with the background level set from the input when ``config["background_offset"]``.
+
+    Instance normalisation removes any image-wide offset of an input channel, so a generator
+    cannot read an image's background level from its appearance input (trained renderers drew
+    every background at one level, a sixth of the simulator's spread between images). Here the
+    level is added, not learned: each channel of the output is shifted so that its mean over
+    the background (the one-hot background channel of ``x``) equals the appearance input's
+    background value. A camera offset and out-of-focus light add to every pixel in the same
+    way, cells included. Used identically in training and rendering.
+    """
+    out = G(x)
+    if not config.get("background_offset"):
+        return out
+    start = int(config["input_nc"])
+    feat = x[:, start:start + int(config["feat_nc"])].to(out.dtype)
+    bg = x[:, :1].to(out.dtype)  # encode_masks: channel 0 is the background class
+    n = bg.sum((2, 3)).clamp(min=1.0)
+    shift = ((feat - out) * bg).sum((2, 3)) / n  # zero for an image without background
+    return out + shift[:, :, None, None]
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:

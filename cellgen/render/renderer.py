@@ -129,7 +129,7 @@ class Renderer:
                         extra = [appearance.extra_inputs(self.config, self.tables, sem, cel, seed)
                                  for sem, cel, seed in zip(semantic[sl], cell[sl], seeds[sl])]
                         x = torch.cat([x, torch.from_numpy(np.stack(extra)).to(self.device)], 1)
-                    y = networks.to_unit(self.generator(x.to(self.dtype))).float()
+                    y = networks.to_unit(networks.run_generator(self.generator, self.config, x.to(self.dtype))).float()
                     out[sl] = y.cpu().numpy()
         finally:
             torch.backends.cudnn.deterministic = cudnn_det

@@ -2,7 +2,9 @@
 
 Objective as the paper / official code: LSGAN (discriminator on the concatenated
 input-label + image, ``num_D`` scales), discriminator feature matching (``lambda_feat``
-10), optional VGG19 perceptual loss (only with a local weights file; off by default). The
+10), optional VGG19 perceptual loss (only with a local weights file; off by default), and the
+config's EfficientNet-Lite0 perceptual, region-mean and spectrum losses
+(:mod:`cellgen.render.losses`; on in ``varied256``). The
 discriminator loss is ``0.5 * (D_fake + D_real)``; no image pool (official default
 ``pool_size`` 0). Adam (lr 2e-4, beta1 0.5, beta2 0.999); the learning rate is constant
 for the first ``niter`` steps and decays linearly to 0 over the last ``niter_decay`` steps
@@ -43,7 +45,7 @@ from cellgen.checkpoint import load_checkpoint, load_into, save_checkpoint
 from cellgen.datasets.h5 import pixel_size_of
 from cellgen.errors import CellgenError
 from cellgen.fileio import atomic_path
-from cellgen.render import appearance, networks
+from cellgen.render import appearance, losses, networks
 from cellgen.render.data import open_pairs
 from cellgen.render.renderer import KIND, resolve_device
 from cellgen.runs import append_log, changed_options, data_digest, load_snapshot, out_of_time
@@ -190,7 +192,8 @@ def train_renderer(data, out_dir, config: RendererTrainingConfig | None = None, 
     ``progress``, else silent).
 
     A config with ``feat_nc`` measures the appearance tables (:mod:`cellgen.render.appearance`)
-    on ``data`` at the start and keeps them with the weights; with ``lambda_perc`` > 0 the
+    on ``data`` at the start (also when starting from ``init_from``: a fine-tuned renderer draws
+    its cells from the images it was tuned on) and keeps them with the weights; with ``lambda_perc`` > 0 the
     EfficientNet-Lite0 perceptual loss (:mod:`cellgen.render.perceptual`) joins the objective.
     """
     config = replace(config or RendererTrainingConfig(), **options)
@@ -280,20 +283,21 @@ def _train(data, out_dir, *, preset, steps, epochs, batch, seed, device, resume,
             wall_before = float(ex.get("wall_s", 0.0))
             say(f"resuming {snap} at step {step} of {total}")
         elif init and adapt_init:
-            weights, tables = appearance.split_state(init["G"])
+            # the init's appearance tables describe its own training images; these are measured below
+            weights, _ = appearance.split_state(init["G"])
             counts = networks.transplant(G, weights)
             if init["D"] is not None:
                 networks.transplant(D, init["D"])
             say(f"starting from the weights of {init_from} where they fit: {counts['copied']} tensors copied, "
                 f"{counts['adapted']} adapted, {counts['fresh']} fresh")
         elif init:
-            weights, tables = appearance.split_state(init["G"])
+            weights, _ = appearance.split_state(init["G"])
             load_into(G, weights, source=f"{init_from} (G)")
             if init["D"] is not None:
                 load_into(D, init["D"], source=f"{init_from} (D)")
             say(f"starting from the weights of {init_from}" + ("" if init["D"] is not None else " (D from scratch)"))
         if int(config["feat_nc"]) and tables is None:
-            tables = appearance.collect_tables(source, seed=seed)
+            tables = appearance.collect_tables(source, seed=seed, relative=appearance.relative_tables(config))
             say(f"appearance tables: {len(tables['cells'])} cells, {len(tables['background'])} backgrounds")
         elif not int(config["feat_nc"]):
             tables = None
@@ -336,7 +340,7 @@ def _train(data, out_dir, *, preset, steps, epochs, batch, seed, device, resume,
                                           np.stack([s[3] for s in samples]), device=dev)
                 extra = [appearance.extra_inputs(config, tables, s[1], s[2], seed=i) for i, s in enumerate(samples)]
                 gin = x if extra[0] is None else torch.cat([x, torch.from_numpy(np.stack(extra)).to(dev)], 1)
-                fake = networks.to_unit(G(gin)).cpu().numpy()
+                fake = networks.to_unit(networks.run_generator(G, config, gin)).cpu().numpy()
             G.train()
             write_triptych(out_dir / "samples" / f"step_{step:07d}.png", x, np.stack([s[0] for s in samples]), fake)
 
@@ -356,7 +360,9 @@ def _train(data, out_dir, *, preset, steps, epochs, batch, seed, device, resume,
             x = networks.encode_masks(sem, cel, nuc, device=dev)
             real = networks.to_tanh(torch.from_numpy(img).to(dev))
             extra = appearance.training_inputs(config, img, sem, cel, np.random.default_rng([int(seed), int(step), 1]))
-            fake = G(x if extra is None else torch.cat([x, torch.from_numpy(extra).to(dev)], 1))
+            lambda_region, lambda_spectrum = float(config["lambda_region"]), float(config["lambda_spectrum"])
+            gin = x if extra is None else torch.cat([x, torch.from_numpy(extra).to(dev)], 1)
+            fake = networks.run_generator(G, config, gin)
 
             # as the official code: D scores detached fake, real and fake with the same
             # (pre-update) weights; then G steps, then D steps
@@ -372,7 +378,11 @@ def _train(data, out_dir, *, preset, steps, epochs, batch, seed, device, resume,
             loss_g_vgg = vgg(fake, real) * config["lambda_feat"] if vgg is not None else torch.zeros((), device=dev)
             loss_g_perc = perc(fake, real) * float(config["lambda_perc"]) if perc is not None else \
                 torch.zeros((), device=dev)
-            loss_g = loss_g_gan + loss_g_feat + loss_g_vgg + loss_g_perc
+            loss_g_region = (losses.region_mean_loss(fake, real, _region_labels(sem, cel, dev)) * lambda_region
+                             if lambda_region > 0 else torch.zeros((), device=dev))
+            loss_g_spec = (losses.spectrum_loss(fake, real) * lambda_spectrum if lambda_spectrum > 0
+                           else torch.zeros((), device=dev))
+            loss_g = loss_g_gan + loss_g_feat + loss_g_vgg + loss_g_perc + loss_g_region + loss_g_spec
             loss_d = 0.5 * (loss_d_fake + loss_d_real)
             opt_G.zero_grad(set_to_none=True)
             loss_g.backward()
@@ -381,9 +391,9 @@ def _train(data, out_dir, *, preset, steps, epochs, batch, seed, device, resume,
             loss_d.backward()
             opt_D.step()
 
-            losses = {"G_GAN": loss_g_gan, "G_GAN_Feat": loss_g_feat, "G_VGG": loss_g_vgg, "G_perc": loss_g_perc,
-                      "D_real": loss_d_real, "D_fake": loss_d_fake}
-            vals = {k: float(v.detach()) for k, v in losses.items()}
+            terms = {"G_GAN": loss_g_gan, "G_GAN_Feat": loss_g_feat, "G_VGG": loss_g_vgg, "G_perc": loss_g_perc,
+                     "G_region": loss_g_region, "G_spectrum": loss_g_spec, "D_real": loss_d_real, "D_fake": loss_d_fake}
+            vals = {k: float(v.detach()) for k, v in terms.items()}
             if not all(math.isfinite(v) for v in vals.values()):
                 raise CellgenError(f"training diverged at step {step}: losses {vals}")
             for k, v in vals.items():
@@ -423,6 +433,10 @@ def _train(data, out_dir, *, preset, steps, epochs, batch, seed, device, resume,
         return final
     finally:
         source.close()
+
+
+def _region_labels(semantic: np.ndarray, cell: np.ndarray, dev) -> torch.Tensor:
+    return torch.from_numpy(np.stack([appearance.region_labels(s, c) for s, c in zip(semantic, cell)])).to(dev)
 
 
 def _load_init(path) -> dict:
