@@ -17,7 +17,7 @@ from cellgen.errors import CellgenError
 
 # a literal table: setup.py reads it (without importing cellgen) to put these files, and their
 # .json/.md model cards, into the wheel
-FILES = {"generator": "contour-generator-small128.pt", "renderer": "renderer-varied256.pt"}
+FILES = {"generator": "contour-generator-small128.pt", "renderer": "renderer-varied256-v2.pt"}
 ENV = {"generator": "CELLGEN_GENERATOR", "renderer": "CELLGEN_RENDERER"}
 
 
