@@ -13,9 +13,8 @@ the finest octave of the power spectrum came out at a quarter of the real one.
   loss that makes them a control.
 * :func:`spectrum_loss`: L1 between the log radially averaged power spectra (1-pixel radial
   bins, each octave weighted alike, DC left to the region term) of the rendered and the real
-  image, per channel. The
-  two images share their masks, so their spectra should agree; the loss does not ask for the
-  same pixels, only for the same amount of texture at each scale.
+  image, per channel. The two images share their masks, so their spectra should agree; the
+  loss does not ask for the same pixels, only for the same amount of texture at each scale.
 """
 
 from __future__ import annotations

@@ -348,6 +348,7 @@ def _train(data, out_dir, *, preset, steps, epochs, batch, seed, device, resume,
         sums: dict[str, float] = {}
         count = 0
         bar = tqdm(total=total, initial=step, desc="training renderer", unit="step", disable=not progress)
+        lambda_region, lambda_spectrum = float(config["lambda_region"]), float(config["lambda_spectrum"])
         stopped_early = False
         G.train()
         D.train()
@@ -360,7 +361,6 @@ def _train(data, out_dir, *, preset, steps, epochs, batch, seed, device, resume,
             x = networks.encode_masks(sem, cel, nuc, device=dev)
             real = networks.to_tanh(torch.from_numpy(img).to(dev))
             extra = appearance.training_inputs(config, img, sem, cel, np.random.default_rng([int(seed), int(step), 1]))
-            lambda_region, lambda_spectrum = float(config["lambda_region"]), float(config["lambda_spectrum"])
             gin = x if extra is None else torch.cat([x, torch.from_numpy(extra).to(dev)], 1)
             fake = networks.run_generator(G, config, gin)
 
