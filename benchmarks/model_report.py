@@ -350,14 +350,23 @@ def _texture_markdown(t: dict | None) -> list[str]:
     for ch in ("nucleus", "cytoplasm"):
         cb_r, cb_f = real["checkerboard"][ch]["median"], rend["checkerboard"][ch]["median"]
         lines.append(f"| {ch} | checkerboard amplitude (median) | {100 * cb_r:.4f}% | {100 * cb_f:.4f}% | |")
+        iv = ratio.get("interval", {})
+        bg_iv = iv.get("background_std", {}).get(ch)
+        bg_iv = f" ({bg_iv[0]:.2f}-{bg_iv[1]:.2f})" if bg_iv else ""
         lines.append(f"| {ch} | background std | {real['background_std'][ch]:.4f} | {rend['background_std'][ch]:.4f} "
-                     f"| {ratio['background_std'][ch]:.2f} |")
+                     f"| {ratio['background_std'][ch]:.2f}{bg_iv} |")
         for q in ("median", "std"):
             lines.append(f"| {ch} | per-cell mean intensity, {q} | {real['cell_means'][ch][q]:.3f} | "
                          f"{rend['cell_means'][ch][q]:.3f} | {ratio['cell_means'][ch][q]:.2f} |")
-        bands = ", ".join(f"{v:.2f}" for v in ratio["power_spectrum"][ch]["ratio_per_band"])
+        band_iv = iv.get("power_spectrum", {}).get(ch) or [None] * len(ratio["power_spectrum"][ch]["ratio_per_band"])
+        bands = ", ".join(f"{v:.2f}" + (f" ({b[0]:.2f}-{b[1]:.2f})" if b else "")
+                          for v, b in zip(ratio["power_spectrum"][ch]["ratio_per_band"], band_iv))
         lines.append(f"| {ch} | power spectrum, octave bands from low to Nyquist | | | {bands} |")
     lines.append("")
+    if "interval" in ratio:
+        iv = ratio["interval"]
+        lines += [f"In brackets: {100 * iv['level']:.0f}% bootstrap intervals over the {iv['n_images'][0]} held-out masks "
+                  "(what sampling alone moves a ratio by at this many images).", ""]
     if "seed_variation" in t:
         sv = t["seed_variation"]
         corr = ", ".join(f"{k} {v:.2f}" for k, v in sv["cell_mean_correlation"].items())

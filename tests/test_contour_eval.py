@@ -139,3 +139,27 @@ def test_continued_training_warms_up_d_without_touching_g(models, tmp_path):
     assert all(torch.equal(start[k], after[k]) for k in start)
     with pytest.raises(CellgenError, match="not a 'small128' generator"):
         train_contours(models["data"], tmp_path / "bad", preset="small128", steps=1, init=models["gen"], progress=False)
+
+
+def test_training_continues_from_a_snapshot_with_its_discriminator_on_other_data(models, tmp_path, small_set):
+    from cellgen.checkpoint import load_checkpoint
+    from cellgen.gen.train import train_contours
+
+    first = tmp_path / "first"
+    train_contours(models["data"], first, preset="tiny", steps=3, tick_steps=3, augment=0.3, progress=False)
+    snap = load_checkpoint(first / "snapshot.pt", "contour-training")
+    # lr 0: no weight moves (only the running w_avg), so the new run holds what it loaded, not a fresh D
+    second = tmp_path / "second"
+    train_contours(small_set, second, preset="tiny", steps=1, tick_steps=1, lr=0.0, init=first / "snapshot.pt",
+                   progress=False)
+    cont = load_checkpoint(second / "snapshot.pt", "contour-training")
+    for prefix in ("G.", "D."):
+        keys = [k for k in snap["state_dict"] if k.startswith(prefix) and not k.endswith("w_avg")]
+        differ = [k for k in keys if not torch.equal(snap["state_dict"][k], cont["state_dict"][k])]
+        assert keys and differ == [], differ
+    fresh = tmp_path / "fresh"
+    train_contours(small_set, fresh, preset="tiny", steps=1, tick_steps=1, lr=0.0, init=models["gen"], progress=False)
+    other = load_checkpoint(fresh / "snapshot.pt", "contour-training")["state_dict"]
+    assert not all(torch.equal(snap["state_dict"][k], other[k]) for k in snap["state_dict"] if k.startswith("D."))
+    with pytest.raises(CellgenError, match="continue from"):
+        train_contours(small_set, tmp_path / "bad2", preset="tiny", steps=1, init=models["rend"], progress=False)

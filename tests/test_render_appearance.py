@@ -68,6 +68,40 @@ def test_power_spectrum_bands_and_background_statistics():
     assert texture.background_std(white, cell) == pytest.approx(white[:, :, 32:, :].std(axis=(0, 2, 3)), rel=1e-9)
 
 
+def _noise_stats(n, seed, scale=1.0):
+    rng = np.random.default_rng(seed)
+    img = (rng.standard_normal((n, 2, 32, 32)) * 0.01 + 0.2) * scale
+    img *= rng.lognormal(0.0, 0.5, (n, 1, 1, 1))  # images differ in brightness, as real sets do
+    cell = np.zeros((n, 32, 32), np.uint32)
+    cell[:, :8, :8] = 1
+    sem = np.where(cell > 0, 255, 0).astype(np.uint8)
+    return img, sem, cell
+
+
+def test_compare_gives_bootstrap_intervals_that_shrink_with_more_images():
+    img, sem, cell = _noise_stats(40, 0)
+    ref = texture.image_statistics(img, sem, cell)
+    # the same masks drawn twice as bright: exact ratios, and a paired resample cannot move them
+    twice = texture.compare(texture.image_statistics(2 * img, sem, cell), ref, paired=True, n_resamples=50)
+    assert twice["background_std"]["nucleus"] == pytest.approx(2.0)
+    assert twice["interval"]["background_std"]["cytoplasm"] == pytest.approx([2.0, 2.0])
+    assert np.allclose(twice["interval"]["power_spectrum"]["nucleus"], 4.0)
+    assert twice["power_spectrum"]["cytoplasm"]["worst_band_error"] == pytest.approx(3.0)
+
+    def width(n):  # two independent draws of one process: the intervals hold 1 and narrow with n
+        a, b = _noise_stats(n, 1), _noise_stats(n, 2)
+        r = texture.compare(texture.image_statistics(*a), texture.image_statistics(*b), n_resamples=300)
+        lo, hi = np.array(r["interval"]["power_spectrum"]["nucleus"]).T
+        assert np.all(lo < 1.0) and np.all(hi > 1.0)
+        return np.mean(np.log(hi / lo))
+
+    assert width(160) < 0.7 * width(10)
+    with pytest.raises(CellgenError, match="paired"):
+        texture.compare(texture.image_statistics(img[:5], sem[:5], cell[:5]), ref, paired=True)
+    with pytest.raises(CellgenError, match="level"):
+        texture.compare(ref, ref, level=1.5)
+
+
 def test_cell_means_and_region_features():
     sem, cell, nuc = _disk_masks()
     img = np.zeros((2, 64, 64), np.float32)

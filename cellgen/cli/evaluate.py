@@ -44,12 +44,18 @@ def eval_render(checkpoint, data, output, heldout, segmenter_steps, max_images, 
                                device=device, out_dir=output, progress=True)
     click.echo(json.dumps({k: v for k, v in result.items() if k in ("rendered", "real")}, indent=2, default=float))
     tex = result["texture"]
+    ratio, iv = tex["ratio"], tex["ratio"]["interval"]
     for name in ("nucleus", "cytoplasm"):
+        ps = ratio["power_spectrum"][name]
+        bg_lo, bg_hi = iv["background_std"][name]
+        band_lo, band_hi = iv["power_spectrum"][name][ps["worst_band"]]
         click.echo(f"{name} channel: checkerboard {100 * tex['rendered']['checkerboard'][name]['median']:.3f}% "
                    f"(real {100 * tex['real']['checkerboard'][name]['median']:.3f}%), background std x"
-                   f"{tex['ratio']['background_std'][name]:.2f} of real, per-cell mean std "
-                   f"x{tex['ratio']['cell_means'][name]['std']:.2f}, worst power-spectrum band off by "
-                   f"{100 * tex['ratio']['power_spectrum'][name]['worst_band_error']:.0f}%")
+                   f"{ratio['background_std'][name]:.2f} of real ({bg_lo:.2f}-{bg_hi:.2f}), per-cell mean std "
+                   f"x{ratio['cell_means'][name]['std']:.2f}, worst power-spectrum band x{ps['ratio_per_band'][ps['worst_band']]:.2f} "
+                   f"({band_lo:.2f}-{band_hi:.2f})")
+    click.echo(f"(in brackets: {100 * iv['level']:.0f}% bootstrap intervals over {iv['n_images'][0]} held-out images; "
+               "more images (--max-images, a larger --heldout) narrow them)")
     if "seed_variation" in tex:
         click.echo(f"between seeds: cell mean correlation {tex['seed_variation']['cell_mean_correlation']}")
     click.echo(f"results in {output}/")

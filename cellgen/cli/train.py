@@ -27,7 +27,8 @@ def train():
 @click.option("--max-minutes", type=float, help="Stop (and save) after this wall time; rerun to continue.")
 @click.option("--no-resume", is_flag=True, help="Start over even if the folder holds a snapshot.")
 @click.option("--init", "init", type=click.Path(dir_okay=False),
-              help="Continue training a contour-generator checkpoint of the same preset (G and G_ema; D starts fresh).")
+              help="Continue training, e.g. on other data: a contour-generator checkpoint of the same preset (G and "
+                   "G_ema; D starts fresh) or a run folder's snapshot.pt (G, D and G_ema carry on).")
 @click.option("--d-warmup-kimg", default=0.0, show_default=True, type=click.FloatRange(0),
               help="With --init: train the fresh D alone (G frozen) for this many kimg first.")
 @QUIET

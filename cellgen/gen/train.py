@@ -183,6 +183,25 @@ def _write_grid(path: Path, scores: np.ndarray):
         mpimg.imsave(tmp, grid, format="png")
 
 
+def _load_init(path, cfg: dict, preset: str) -> dict:
+    """Weights to continue from: a ``contour-generator`` checkpoint (G; D starts fresh) or a
+    contour training snapshot (G, D and G_ema, and its augmentation probability)."""
+    ck = load_checkpoint(path)
+    kind = ck.get("kind")
+    if kind == SNAPSHOT_KIND:
+        model = ck["config"]["model"]
+    elif kind == GENERATOR_KIND:
+        model = {k: v for k, v in ck["config"].items() if k != "training"}
+    else:
+        raise CellgenError(f"{path} holds a '{kind}' checkpoint; continue from a '{GENERATOR_KIND}' checkpoint or "
+                           f"a '{SNAPSHOT_KIND}' snapshot (a run folder's snapshot.pt)")
+    if model != {k: v for k, v in cfg.items() if k != "training"}:
+        raise CellgenError(f"{path} is not a '{preset}' generator (its network config differs)")
+    if kind == GENERATOR_KIND:
+        return {"G": ck["state_dict"], "augment_p": None}
+    return {"nets": ck["state_dict"], "augment_p": float(ck["extra"]["augment_p"])}
+
+
 class _Nets(torch.nn.Module):
     def __init__(self, G, D, G_ema):
         super().__init__()
@@ -264,10 +283,13 @@ class ContourTrainingConfig:
     ``dihedral`` shows each real map in a random one of its 8 flips/rotations: cell layouts
     have no preferred orientation, so this multiplies the data by 8 without changing the
     distribution G must learn (unlike ``augment``, which D sees on fakes too).
-    ``init`` (a ``contour-generator`` checkpoint of the same preset) starts G and G_ema from
-    its weights and ``w_avg`` (continued training; D starts fresh, so ``d_warmup_kimg``
-    trains D alone first, G frozen, lest a random D's gradients undo what G learned; the EMA
-    then starts without ramp-up, from the loaded weights).
+    ``init`` continues training in a new run, for example on other data. From a
+    ``contour-generator`` checkpoint of the same preset, G and G_ema start from its weights and
+    ``w_avg`` and D starts fresh, so ``d_warmup_kimg`` trains D alone first, G frozen, lest a
+    random D's gradients undo what G learned (a fresh D has been seen to lose to the trained G
+    at once and stay at chance). From a training snapshot (``snapshot.pt`` of a run folder) G,
+    D and G_ema all carry on, and ADA from the snapshot's probability. Either way the EMA
+    starts without ramp-up, from the loaded weights.
     ``tick_steps``, ``sample_seeds`` and ``keep_samples`` only set what the run folder records.
     """
 
@@ -363,17 +385,18 @@ def _train(data, out_dir, *, device, progress, max_minutes, resume, log, preset,
     torch.manual_seed(int(seed))
     G, D = Generator(cfg), Discriminator(cfg)
     G_ema = Generator(cfg).eval().requires_grad_(False)
-    if init is not None:
-        start = load_checkpoint(init, GENERATOR_KIND)
-        if {k: v for k, v in start["config"].items() if k != "training"} != \
-                {k: v for k, v in cfg.items() if k != "training"}:
-            raise CellgenError(f"{init} is not a '{preset}' generator (its network config differs)")
-        load_into(G, start["state_dict"], source=str(init))
+    start = _load_init(init, cfg, preset) if init is not None else None
+    if start is not None and "G" in start:
+        load_into(G, start["G"], source=str(init))
     G_ema.load_state_dict(G.state_dict())
     nets = _Nets(G, D, G_ema).to(dev)
+    if start is not None and "nets" in start:
+        load_into(nets, start["nets"], source=str(init))
     opt_G = _lazy_adam(G.parameters(), tr["lr"], pl_interval if tr["pl_weight"] > 0 else 0)
     opt_D = _lazy_adam(D.parameters(), tr["lr"], r1_interval)
     step, aug_p, pl_mean, wall_before = 0, p_fixed, torch.zeros([], device=dev), 0.0
+    if start is not None and start["augment_p"] is not None and adaptive:
+        aug_p = start["augment_p"]  # the snapshot's D was trained at this p; ADA goes on from there
     ada_acc = [0.0, 0]
 
     if resume and snap_path.exists():
