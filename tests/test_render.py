@@ -402,3 +402,21 @@ def test_evaluate_renderer_on_tiny_data(trained, tiny_set, tmp_path):
         for fg in ("cell", "nucleus"):
             assert saved[role][fg] == pytest.approx(res[role][fg]), (role, fg)
     assert saved["intensity"]["rendered"]["nucleus"]["nucleus"] == pytest.approx(st["nucleus"])
+
+
+def test_eval_render_command_prints_texture_ratios_with_their_intervals(models, tmp_path):
+    from click.testing import CliRunner
+
+    from cellgen.cli import cli
+
+    out = tmp_path / "ev"
+    r = CliRunner().invoke(cli, ["eval", "render", "--checkpoint", str(models["rend"]), "--data", str(models["data"]),
+                                 "--segmenter-steps", "3", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    saved = json.loads((out / "render_eval.json").read_text())
+    iv = saved["texture"]["ratio"]["interval"]
+    assert iv["paired"] and iv["n_images"] == [2, 2]
+    lo, hi = iv["background_std"]["cytoplasm"]
+    ratio = saved["texture"]["ratio"]["background_std"]["cytoplasm"]
+    assert f"x{ratio:.2f} of real ({lo:.2f}-{hi:.2f})" in r.output
+    assert "95% bootstrap intervals over 2 held-out images" in r.output

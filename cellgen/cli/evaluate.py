@@ -52,8 +52,8 @@ def eval_render(checkpoint, data, output, heldout, segmenter_steps, max_images, 
         click.echo(f"{name} channel: checkerboard {100 * tex['rendered']['checkerboard'][name]['median']:.3f}% "
                    f"(real {100 * tex['real']['checkerboard'][name]['median']:.3f}%), background std x"
                    f"{ratio['background_std'][name]:.2f} of real ({bg_lo:.2f}-{bg_hi:.2f}), per-cell mean std "
-                   f"x{ratio['cell_means'][name]['std']:.2f}, worst power-spectrum band x{ps['ratio_per_band'][ps['worst_band']]:.2f} "
-                   f"({band_lo:.2f}-{band_hi:.2f})")
+                   f"x{ratio['cell_means'][name]['std']:.2f}, worst power-spectrum band "
+                   f"x{ps['ratio_per_band'][ps['worst_band']]:.2f} ({band_lo:.2f}-{band_hi:.2f})")
     click.echo(f"(in brackets: {100 * iv['level']:.0f}% bootstrap intervals over {iv['n_images'][0]} held-out images; "
                "more images (--max-images, a larger --heldout) narrow them)")
     if "seed_variation" in tex:

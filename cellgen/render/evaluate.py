@@ -233,7 +233,8 @@ def _figure(path: Path, result: dict) -> None:
 
 def _texture(renderer, rendered, images, semantic, cell, nucleus) -> dict:
     real_s, rend_s = texture.image_statistics(images, semantic, cell), texture.image_statistics(rendered, semantic, cell)
-    out = {"real": texture.public(real_s), "rendered": texture.public(rend_s), "ratio": texture.compare(rend_s, real_s, paired=True)}
+    out = {"real": texture.public(real_s), "rendered": texture.public(rend_s),
+           "ratio": texture.compare(rend_s, real_s, paired=True)}
     if renderer.varies:
         again = renderer.render_batch(semantic, cell, nucleus, seeds=range(len(semantic), 2 * len(semantic)))
         a, b = texture.cell_means(rendered, semantic, cell), texture.cell_means(again, semantic, cell)

@@ -194,7 +194,8 @@ def _resampled_ratios(rendered: dict, reference: dict, paired: bool, n_resamples
     bp_r, bp_f = rendered["_band_power"], reference["_band_power"]
     mo_r, mo_f = rendered["_background_moments"], reference["_background_moments"]
     if paired and len(bp_r) != len(bp_f):
-        raise CellgenError(f"paired statistics need as many rendered as reference images, got {len(bp_r)} and {len(bp_f)}")
+        raise CellgenError(f"paired statistics need as many rendered as reference images, got {len(bp_r)} "
+                           f"and {len(bp_f)}")
     rng = np.random.default_rng(seed)
     bg, spec = [], []
     for _ in range(n_resamples):
