@@ -53,17 +53,18 @@ def main(argv=None) -> int:
     sem, cell, nuc = (np.stack([getattr(p, k) for p in pairs]) for k in ("semantic", "cell", "nucleus"))
     seeds = list(range(1000, 1000 + len(pairs)))
     real_stats = texture.image_statistics(img, sem, cell)
-    edges, real_ps = texture.radial_power_spectrum(img)
+    edges = np.asarray(real_stats["power_spectrum"]["band_edges"])
     centres = np.sqrt(edges[:-1] * edges[1:])
 
-    names, renders, shown = [], [], []
+    names, renders, stats, shown = [], [], [], []
     for path in args.renderer:
         r = Renderer.load(path)
         names.append(Path(path).stem)
         renders.append(r.render_batch(sem, cell, nuc, seeds=seeds))
         k = args.index
         shown.append([r.render(sem[k], cell[k], nuc[k], seed=s) for s in (1, 2)])
-        ratio = texture.compare(texture.image_statistics(renders[-1], sem, cell), real_stats)
+        stats.append(texture.image_statistics(renders[-1], sem, cell))
+        ratio = texture.compare(stats[-1], real_stats, paired=True)
         print(names[-1], {key: ratio[key] for key in ("background_std", "cell_means")})
         print("  power spectrum per octave (low -> Nyquist):",
               {ch: np.round(v["ratio_per_band"], 2).tolist() for ch, v in ratio["power_spectrum"].items()})
@@ -87,18 +88,18 @@ def main(argv=None) -> int:
     ax_ps = [fig.add_subplot(bottom[0, i]) for i in range(2)]
     ax_cm = fig.add_subplot(bottom[0, 2])
     ax_bg = fig.add_subplot(bottom[0, 3])
-    real_cm = texture.cell_means(img, sem, cell)
+    real_cm = real_stats["_cell_means_raw"]
     bins = np.linspace(0, 1, 41)
     ax_cm.hist(real_cm["nucleus"], bins, histtype="step", color="k", label="simulator, nucleus")
     ax_cm.hist(real_cm["cytoplasm"], bins, histtype="step", color="k", ls="--", label="simulator, cytoplasm")
     bg_bins = np.linspace(0, 0.25, 51)
     ax_bg.hist(img[:, 1][cell == 0], bg_bins, histtype="step", color="k", density=True, label="simulator")
-    for j, (name, rendered) in enumerate(zip(names, renders)):
+    for j, (name, rendered, st) in enumerate(zip(names, renders, stats)):
         col = colours[j % len(colours)]
-        _, ps = texture.radial_power_spectrum(rendered)
-        for c, a in enumerate(ax_ps):
-            a.semilogx(centres, ps[c] / real_ps[c], "o-", color=col, label=name)
-        cm = texture.cell_means(rendered, sem, cell)
+        for a, ch in zip(ax_ps, texture.CHANNELS):
+            a.semilogx(centres, np.divide(st["power_spectrum"][ch], real_stats["power_spectrum"][ch]), "o-", color=col,
+                       label=name)
+        cm = st["_cell_means_raw"]
         ax_cm.hist(cm["nucleus"], bins, histtype="step", color=col, label=f"{name}, nucleus")
         ax_cm.hist(cm["cytoplasm"], bins, histtype="step", color=col, ls="--")
         ax_bg.hist(rendered[:, 1][cell == 0], bg_bins, histtype="step", color=col, density=True, label=name)
