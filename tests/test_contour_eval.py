@@ -125,6 +125,32 @@ def test_eval_contours_end_to_end(models, tmp_path):
     assert "| precision |" in (out / "report.md").read_text()
 
 
+def test_eval_contours_ranks_several_checkpoints_and_plots_them_in_training_order(models, tmp_path):
+    from cellgen.gen.eval_report import _ordered
+    from cellgen.gen.train import train_contours
+
+    early = train_contours(models["data"], tmp_path / "early", preset="tiny", steps=1, progress=False)
+    out = tmp_path / "ranked"
+    r = CliRunner().invoke(cli, ["eval", "contours", "--checkpoint", str(models["gen"]), "--checkpoint", str(early),
+                                 "--reference", str(models["data"]), "-o", str(out), "--n", "8", "--n-reference", "8",
+                                 "--n-diversity", "4", "--psi-seeds", "2", "-q"])
+    assert r.exit_code == 0, r.output
+    assert "ranking.md" in r.output and (out / "training.png").stat().st_size > 0
+    rows = [line for line in (out / "ranking.md").read_text().splitlines() if line.startswith("| 1 ") or
+            line.startswith("| 2 ")]
+    assert len(rows) == 2
+    reports = sorted(out.glob("0[12]-*/report.json"))
+    assert [p.parent.name[:2] for p in reports] == ["01", "02"]
+    for row, rep in zip(rows, reports):
+        result = json.loads(rep.read_text())
+        assert f"`{result['generator']['path']}`" in row
+        assert f"| {result['fidelity']['precision_recall']['precision']:.2f} |" in row
+    ranked = [(str(p), json.loads(p.read_text())) for p in reports]
+    in_order, xlabel = _ordered(ranked)
+    assert xlabel == "training kimg"
+    assert [r["generator"]["info"]["steps"] for _, r in in_order] == [1, 3]  # by kimg, whatever the rank
+
+
 def test_continued_training_warms_up_d_without_touching_g(models, tmp_path):
     from cellgen.checkpoint import load_checkpoint
     from cellgen.gen.train import train_contours

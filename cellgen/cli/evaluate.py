@@ -132,7 +132,14 @@ def eval_contours(checkpoints, reference, output, n_images, n_reference, n_diver
                    f"R {g['recall']['value']:.2f}, worst FD/floor {g['fd_floor_ratio_worst_tier']['value'] or float('nan'):.2f} "
                    f"-> {folder}/report.md")
     if len(results) > 1:
-        click.echo(f"best: {results[0][0]} (key {selection_key(results[0][1])})")
+        from cellgen.fileio import atomic_path
+        from cellgen.gen.eval_report import ranking_markdown, training_figure
+
+        training_figure(results, out / "training.png")
+        with atomic_path(out / "ranking.md") as tmp:
+            tmp.write_text(ranking_markdown(results))
+        click.echo(f"best: {results[0][0]} (key {selection_key(results[0][1])}); all ranked in {out / 'ranking.md'}, "
+                   f"measures in training order in {out / 'training.png'}")
 
 
 @cli.group("gen", cls=OrderedGroup)

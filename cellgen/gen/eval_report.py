@@ -1,6 +1,7 @@
 """Figures and markdown of a contour-generator evaluation (:mod:`cellgen.gen.evaluate`).
 
-Public API: :func:`diversity_figure`, :func:`near_duplicates_figure`, :func:`markdown`.
+Public API: :func:`diversity_figure`, :func:`near_duplicates_figure`, :func:`markdown`,
+:func:`ranking_markdown`, :func:`training_figure`.
 """
 
 from __future__ import annotations
@@ -125,3 +126,71 @@ def markdown(result: dict) -> str:
                       f"{c['distinct_counts_at_psi0']} distinct counts."]
     lines += ["", f"Evaluation time: {result['seconds']:.0f} s.", ""]
     return "\n".join(lines)
+
+
+def _kimg(result: dict):
+    return (result.get("generator", {}).get("info") or {}).get("kimg")
+
+
+def _ordered(results):
+    """Results in training order: by the kimg the checkpoints record, else as given."""
+    kimg = [_kimg(r) for _, r in results]
+    if all(k is not None for k in kimg):
+        return sorted(results, key=lambda pr: float(_kimg(pr[1]))), "training kimg"
+    return list(results), "checkpoint (order given)"
+
+
+def ranking_markdown(ranked) -> str:
+    """Several checkpoints ranked best first (``ranked``: (path, result) pairs, as
+    :func:`cellgen.gen.evaluate.rank_checkpoints` returns them)."""
+    lines = ["# Contour generator snapshots, best first", "",
+             "Ranked by failed goals, then the worst per-tier FD / floor, then 1 - min(precision, recall). "
+             "`training.png` shows the same measures in training order.", "",
+             "| rank | checkpoint | kimg | goals failed | precision | recall | IoU ratio | worst FD / floor "
+             "| KS count | report |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for i, (path, r) in enumerate(ranked):
+        g, pr = r["goals"], r["fidelity"]["precision_recall"]
+        failed = ", ".join(g["failed"]) or "none"
+        lines.append(f"| {i + 1} | `{path}` | {_f(_kimg(r), 1) if (_kimg(r) or 0) >= 1 else _f(_kimg(r))} | {failed} | {_f(pr['precision'], 2)} | "
+                     f"{_f(pr['recall'], 2)} | {_f(g['diversity_ratio']['value'], 2)} | "
+                     f"{_f(g['fd_floor_ratio_worst_tier']['value'], 2)} | {_f(r['ks']['count']['ks'])} | "
+                     f"[report]({i + 1:02d}-{_stem(path)}/report.md) |")
+    return "\n".join(lines + [""])
+
+
+def _stem(path) -> str:
+    from pathlib import Path
+
+    return Path(path).stem
+
+
+def training_figure(results, path) -> None:
+    """Precision, recall, the IoU ratio and the worst per-tier FD / floor of several
+    checkpoints, in training order, with the issue's goals as dotted lines."""
+    from cellgen.gen.evaluate import GOALS
+
+    plt = _plt()
+    ordered, xlabel = _ordered(results)
+    x = [float(_kimg(r)) for _, r in ordered] if xlabel == "training kimg" else list(range(1, len(ordered) + 1))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9.0, 3.4), dpi=120)
+    for key, colour in (("precision", "tab:red"), ("recall", "tab:blue")):
+        ax1.plot(x, [r["fidelity"]["precision_recall"][key] for _, r in ordered], "o-", color=colour, label=key)
+    ax1.axhline(GOALS["precision_min"], color="k", linestyle=":", linewidth=1, label="goal")
+    ax1.set_ylim(0, 1)
+    ax1.set_ylabel("k-NN precision / recall")
+    for key, colour, label in (("fd_floor_ratio_worst_tier", "tab:purple", "worst FD / floor"),
+                               ("diversity_ratio", "tab:green", "IoU ratio to corpus")):
+        ax2.plot(x, [r["goals"][key]["value"] if r["goals"][key]["value"] is not None else np.nan
+                     for _, r in ordered], "o-", color=colour, label=label)
+    ax2.axhline(GOALS["fd_floor_ratio_max"], color="tab:purple", linestyle=":", linewidth=1)
+    ax2.axhline(GOALS["iou_ratio_max"], color="tab:green", linestyle=":", linewidth=1)
+    ax2.set_ylabel("ratio (lower is better)")
+    for ax in (ax1, ax2):
+        ax.set_xlabel(xlabel)
+        ax.legend(fontsize=8)
+        if xlabel != "training kimg":
+            ax.set_xticks(x)
+    fig.suptitle(f"{len(ordered)} contour-generator checkpoints against the corpus (dotted: goals)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
