@@ -56,6 +56,9 @@ _BASE = {
     "mbstd_group_size": 4,
     "mbstd_num_channels": 1,
     "channels": None,  # optional explicit {resolution: channels}, overrides base/max
+    # An optional "d_channels" {resolution: channels} gives the discriminator its own widths
+    # (default: the generator's), to widen G without strengthening D. It is not set here, so
+    # configs written before it existed still compare equal when a run resumes.
 }
 
 PRESETS: dict[str, dict] = {
@@ -526,7 +529,7 @@ class Discriminator(torch.nn.Module):
         cfg = check_config(cfg)
         self.config = cfg
         self.img_resolution, self.img_channels = int(cfg["resolution"]), int(cfg["img_channels"])
-        ch = channels_for(cfg)
+        ch = channels_for({**cfg, "channels": cfg["d_channels"]}) if cfg.get("d_channels") else channels_for(cfg)
         if 4 not in ch:
             ch[4] = min(int(cfg["channel_base"]) // 4, int(cfg["channel_max"]))
         self.block_resolutions = [2 ** i for i in range(int(np.log2(self.img_resolution)), 2, -1)]
