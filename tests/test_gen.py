@@ -63,6 +63,16 @@ def test_shapes_and_layout():
         nw.preset_config("huge")
 
 
+def test_discriminator_can_keep_its_widths_while_the_generator_widens():
+    base = nw.preset_config("tiny")
+    wide = {str(r): 2 * c for r, c in nw.channels_for(base).items()}
+    own = nw.preset_config("tiny", channels=wide, d_channels={str(r): c for r, c in nw.channels_for(base).items()})
+    shapes = lambda m: {k: tuple(v.shape) for k, v in m.state_dict().items()}
+    assert shapes(nw.Discriminator(own)) == shapes(nw.Discriminator(base))
+    assert shapes(nw.Discriminator(nw.preset_config("tiny", channels=wide))) != shapes(nw.Discriminator(base))
+    assert nw.Generator(own).synthesis.b32.conv1.weight.shape[0] == 2 * nw.channels_for(base)[32]
+
+
 def test_z_from_seed_matches_official():
     np.testing.assert_array_equal(nw.z_from_seed(42, 512), np.random.RandomState(42).randn(1, 512))
 
