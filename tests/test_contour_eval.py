@@ -125,15 +125,17 @@ def test_eval_contours_end_to_end(models, tmp_path):
     assert "| precision |" in (out / "report.md").read_text()
 
 
-def test_eval_contours_ranks_several_checkpoints_and_plots_them_in_training_order(models, tmp_path):
+def test_eval_contours_ranks_a_runs_kept_generators_and_plots_them_in_training_order(models, tmp_path):
     from cellgen.gen.eval_report import _ordered
     from cellgen.gen.train import train_contours
 
-    early = train_contours(models["data"], tmp_path / "early", preset="tiny", steps=1, progress=False)
+    # a run that keeps its generator at steps 1 and 2 (every 0.004 kimg at batch 4), ranked as a folder
+    train_contours(models["data"], tmp_path / "run", preset="tiny", steps=2, tick_steps=1, export_every_kimg=0.004,
+                   progress=False)
     out = tmp_path / "ranked"
-    r = CliRunner().invoke(cli, ["eval", "contours", "--checkpoint", str(models["gen"]), "--checkpoint", str(early),
-                                 "--reference", str(models["data"]), "-o", str(out), "--n", "8", "--n-reference", "8",
-                                 "--n-diversity", "4", "--psi-seeds", "2", "-q"])
+    args = ["eval", "contours", "--reference", str(models["data"]), "-o", str(out), "--n", "8", "--n-reference", "8",
+            "--n-diversity", "4", "--psi-seeds", "2", "-q"]
+    r = CliRunner().invoke(cli, args + ["--checkpoint", str(tmp_path / "run" / "generators")])
     assert r.exit_code == 0, r.output
     assert "ranking.md" in r.output and (out / "training.png").stat().st_size > 0
     rows = [line for line in (out / "ranking.md").read_text().splitlines() if line.startswith("| 1 ") or
@@ -148,7 +150,10 @@ def test_eval_contours_ranks_several_checkpoints_and_plots_them_in_training_orde
     ranked = [(str(p), json.loads(p.read_text())) for p in reports]
     in_order, xlabel = _ordered(ranked)
     assert xlabel == "training kimg"
-    assert [r["generator"]["info"]["steps"] for _, r in in_order] == [1, 3]  # by kimg, whatever the rank
+    assert [r["generator"]["info"]["steps"] for _, r in in_order] == [1, 2]  # by kimg, whatever the rank
+    (tmp_path / "empty").mkdir()
+    r = CliRunner().invoke(cli, args + ["--checkpoint", str(tmp_path / "empty")])
+    assert r.exit_code != 0 and "no .pt checkpoints" in str(r.exception)
 
 
 def test_continued_training_warms_up_d_without_touching_g(models, tmp_path):

@@ -249,6 +249,31 @@ def test_train_and_resume(tiny_set, tmp_path):
     assert a.label_maps([0, 1], psi=0.7).shape == (2, 4, 32, 32)
 
 
+def test_run_keeps_its_ema_generator_every_k_kimg_across_a_resume(tiny_set, tmp_path):
+    run = tmp_path / "run"
+    # batch 4: 0.004 kimg a step, so every 0.008 kimg is every second step; the end is kept too
+    config = ContourTrainingConfig(preset="tiny", steps=5, batch=4, seed=1, tick_steps=1, export_every_kimg=0.008)
+
+    class Kill(Exception):
+        pass
+
+    def kill_at_3(entry):
+        if entry["step"] == 3:
+            raise Kill
+
+    with pytest.raises(Kill):
+        train_contours(tiny_set, run, config, progress=False, log=kill_at_3)
+    train_contours(tiny_set, run, config, progress=False)
+    kept = sorted((run / "generators").glob("generator-*.pt"))
+    assert [p.name for p in kept] == ["generator-00000002.pt", "generator-00000004.pt", "generator-00000005.pt"]
+    assert [ContourGenerator.load(p).info["steps"] for p in kept] == [2, 4, 5]
+    last, final = ContourGenerator.load(kept[-1]), ContourGenerator.load(run / "generator.pt")
+    for (k, v), (_, w) in zip(last.G.state_dict().items(), final.G.state_dict().items()):
+        assert torch.equal(v, w), k
+    with pytest.raises(CellgenError, match="export-every"):
+        train_contours(tiny_set, tmp_path / "bad", config, progress=False, export_every_kimg=0)
+
+
 # -- official pickles ---------------------------------------------------------------------------
 
 EXPLOSIVE_SRC = "raise RuntimeError('module_src was executed')\n"

@@ -18,6 +18,7 @@ from cellgen.cli.options import (
     parse_list,
     parse_seeds,
 )
+from cellgen.errors import CellgenError
 
 
 @cli.group("eval", cls=OrderedGroup)
@@ -90,9 +91,24 @@ def eval_quality(generated, reference, backbone, inception_weights, what, max_im
     click.echo(f"results in {path}")
 
 
+def _expand_folders(paths) -> list[str]:
+    """Each folder among ``paths`` becomes the .pt files in it, in name order."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(p.glob("*.pt"))
+            if not found:
+                raise CellgenError(f"{p} is a folder with no .pt checkpoints in it")
+            out += [str(f) for f in found]
+        else:
+            out.append(str(p))
+    return out
+
+
 @eval_group.command("contours")
 @click.option("--checkpoint", "checkpoints", multiple=True,
-              help="Contour generator(s) [default: shipped]; several are ranked for picking a snapshot.")
+              help="Contour generator(s) [default: shipped], or a folder of them (all its .pt files, e.g. a "
+                   "run's generators/); several are ranked for picking a snapshot.")
 @click.option("--reference", required=True, type=click.Path(dir_okay=False), help="The generator's training corpus (HDF5).")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder for the report.")
 @click.option("--n", "n_images", default=256, show_default=True, type=click.IntRange(8),
@@ -117,7 +133,7 @@ def eval_contours(checkpoints, reference, output, n_images, n_reference, n_diver
     ref = load_reference(reference, load_backbone(device=device), n=n_reference, n_diversity=n_diversity)
     opts = dict(n=n_images, n_diversity=n_diversity, psi_seeds=psi_seeds, noise_mode=noise_mode,
                 first_seed=first_seed, k=k, progress=say)
-    paths = list(checkpoints) or [default_checkpoint("generator")]
+    paths = _expand_folders(checkpoints) or [default_checkpoint("generator")]
     out = Path(output)
     if len(paths) == 1:
         results = [(paths[0], evaluate_contours(load_generator(paths[0], device), ref, **opts))]

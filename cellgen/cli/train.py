@@ -31,9 +31,12 @@ def train():
                    "G_ema; D starts fresh) or a run folder's snapshot.pt (G, D and G_ema carry on).")
 @click.option("--d-warmup-kimg", default=0.0, show_default=True, type=click.FloatRange(0),
               help="With --init: train the fresh D alone (G frozen) for this many kimg first.")
+@click.option("--export-every", "export_every", type=click.FloatRange(0, min_open=True), metavar="KIMG",
+              help="Keep the EMA generator every KIMG kimg as OUTPUT/generators/generator-STEP.pt, to rank them "
+                   "afterwards with 'cellgen eval contours --checkpoint ...'.")
 @QUIET
 def train_contours_cmd(data, output, preset, kimg, steps, batch, augment, seed, device, no_dihedral, max_minutes,
-                       no_resume, init, d_warmup_kimg, quiet):
+                       no_resume, init, d_warmup_kimg, export_every, quiet):
     """StyleGAN2 on label maps; writes OUTPUT/generator.pt, snapshots, samples, log.jsonl."""
     from cellgen.gen.train import ContourTrainingConfig, train_contours
 
@@ -42,7 +45,8 @@ def train_contours_cmd(data, output, preset, kimg, steps, batch, augment, seed, 
     except ValueError:
         pass
     config = ContourTrainingConfig(preset=preset, kimg=kimg, steps=steps, batch=batch, seed=seed, augment=augment,
-                                   dihedral=not no_dihedral, init=init, d_warmup_kimg=d_warmup_kimg)
+                                   dihedral=not no_dihedral, init=init, d_warmup_kimg=d_warmup_kimg,
+                                   export_every_kimg=export_every)
     path = train_contours(data, output, config, device=device, progress=not quiet, max_minutes=max_minutes,
                           resume=not no_resume)
     click.echo(f"wrote {path}")

@@ -28,9 +28,11 @@ p is adjusted every 4 steps by ``sign(E[sign D(real)] - 0.6) * batch * 4 / (ada_
 optimiser states, step, augment p, RNG state; written atomically every tick, a rerun of the
 same command continues from it), ``log.jsonl`` (one line per tick: step, kimg, loss_G,
 loss_D, r1, pl, augment_p, seconds), ``samples_STEP.png`` (fixed seeds, G_ema, psi 1,
-argmax classes coloured; the latest ``keep_samples`` kept) and, at the end, ``generator.pt``
-(kind ``contour-generator``: G_ema weights incl. ``w_avg`` + config; info: data, steps,
-kimg, wall time, device).
+argmax classes coloured; the latest ``keep_samples`` kept), with ``export_every_kimg``
+``generators/generator-STEP.pt`` (the EMA generator every that many kimg, all kept, for
+``cellgen eval contours`` to rank: the snapshot is overwritten every tick) and, at the end,
+``generator.pt`` (kind ``contour-generator``: G_ema weights incl. ``w_avg`` + config; info:
+data, steps, kimg, wall time, device).
 
 On CPU the run is deterministic for a fixed seed (one RNG stream, saved in snapshots, so a
 resumed run draws what an uninterrupted one would). Mixed precision (bfloat16 autocast for
@@ -290,7 +292,9 @@ class ContourTrainingConfig:
     at once and stay at chance). From a training snapshot (``snapshot.pt`` of a run folder) G,
     D and G_ema all carry on, and ADA from the snapshot's probability. Either way the EMA
     starts without ramp-up, from the loaded weights.
-    ``tick_steps``, ``sample_seeds`` and ``keep_samples`` only set what the run folder records.
+    ``tick_steps``, ``sample_seeds``, ``keep_samples`` and ``export_every_kimg`` only set what
+    the run folder records: ``export_every_kimg`` keeps the EMA generator at the first tick past
+    every multiple of that many kimg (``generators/generator-STEP.pt``), to pick the best.
     """
 
     preset: str = "small256"
@@ -315,6 +319,7 @@ class ContourTrainingConfig:
     tick_steps: int | None = None
     sample_seeds: tuple = tuple(range(16))
     keep_samples: int = 3
+    export_every_kimg: float | None = None
 
 
 def train_contours(data, out_dir, config: ContourTrainingConfig | None = None, *, device: str = "cpu",
@@ -335,7 +340,8 @@ def train_contours(data, out_dir, config: ContourTrainingConfig | None = None, *
 
 def _train(data, out_dir, *, device, progress, max_minutes, resume, log, preset, kimg, steps, batch, seed, augment,
            dihedral, r1_gamma, pl_weight, lr, ema_kimg, style_mixing_prob, ada_target, ada_kimg, r1_interval,
-           pl_interval, config_overrides, init, d_warmup_kimg, tick_steps, sample_seeds, keep_samples) -> Path:
+           pl_interval, config_overrides, init, d_warmup_kimg, tick_steps, sample_seeds, keep_samples,
+           export_every_kimg) -> Path:
     t_start = time.time()
     dev = resolve_device(device)
     cfg = preset_config(preset, **(config_overrides or {}))
@@ -366,6 +372,8 @@ def _train(data, out_dir, *, device, progress, max_minutes, resume, log, preset,
         raise CellgenError(f"augmentation probability must lie in [0, 1], got {p_fixed}")
     if tick_steps is None:
         tick_steps = max(1, min(total, round(1000 / batch)))  # about one kimg per tick
+    if export_every_kimg is not None and not float(export_every_kimg) > 0:
+        raise CellgenError(f"--export-every must be a positive number of kimg, got {export_every_kimg}")
     run = {"preset": preset, "batch": batch, "seed": int(seed), "augment": str(augment), "data": str(data),
            "dihedral": bool(dihedral)}
     warmup_steps = max(0, math.ceil(float(d_warmup_kimg) * 1000 / batch))
@@ -472,6 +480,7 @@ def _train(data, out_dir, *, device, progress, max_minutes, resume, log, preset,
     sums = {"loss_G": 0.0, "loss_D": 0.0, "r1": 0.0, "pl": 0.0}
     counts = {"loss_G": 0, "loss_D": 0, "r1": 0, "pl": 0}
     tick_start = time.time()
+    last_tick_nimg = step * batch
     bar = tqdm(total=total, initial=min(step, total), desc=f"training {preset}", unit="step", disable=not progress)
     G.train()
     D.train()
@@ -531,6 +540,10 @@ def _train(data, out_dir, *, device, progress, max_minutes, resume, log, preset,
             for old in sorted(out_dir.glob("samples_*.png"))[:-keep_samples]:
                 old.unlink()
             snapshot()
+            if export_every_kimg and (step == total or int(nimg / 1000 / export_every_kimg) >
+                                      int(last_tick_nimg / 1000 / export_every_kimg)):
+                export_generator(out_dir, out_dir / "generators" / f"generator-{step:08d}.pt")
+            last_tick_nimg = nimg
             bar.set_postfix(loss_G=entry["loss_G"], loss_D=entry["loss_D"], p=round(aug_p, 3))
             sums = dict.fromkeys(sums, 0.0)
             counts = dict.fromkeys(counts, 0)
