@@ -129,11 +129,11 @@ def eval_contours(checkpoints, reference, output, n_images, n_reference, n_diver
     from cellgen.quality import load_backbone
 
     say = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    paths = _expand_folders(checkpoints) or [default_checkpoint("generator")]
     say("corpus features")
     ref = load_reference(reference, load_backbone(device=device), n=n_reference, n_diversity=n_diversity)
     opts = dict(n=n_images, n_diversity=n_diversity, psi_seeds=psi_seeds, noise_mode=noise_mode,
                 first_seed=first_seed, k=k, progress=say)
-    paths = _expand_folders(checkpoints) or [default_checkpoint("generator")]
     out = Path(output)
     if len(paths) == 1:
         results = [(paths[0], evaluate_contours(load_generator(paths[0], device), ref, **opts))]
