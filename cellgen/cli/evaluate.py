@@ -100,8 +100,10 @@ def _expand_folders(paths) -> list[str]:
             if not found:
                 raise CellgenError(f"{p} is a folder with no .pt checkpoints in it")
             out += [str(f) for f in found]
-        else:
+        elif p.is_file():
             out.append(str(p))
+        else:
+            raise CellgenError(f"no such checkpoint: {p}")
     return out
 
 
