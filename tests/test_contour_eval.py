@@ -118,6 +118,12 @@ def test_eval_contours_end_to_end(models, tmp_path):
     pr = rep["fidelity"]["precision_recall"]
     assert 0 <= pr["precision"] <= 1 and 0 <= pr["recall"] <= 1 and pr["k"] == 3
     assert rep["fidelity"]["fd"]["all"]["fd"] >= 0
+    # the tiers partition the generated maps: their precisions average back to the overall one
+    by_tier = rep["fidelity"]["precision_by_tier"]
+    assert sum(e["n_generated"] for e in by_tier.values()) == pr["n_generated"]
+    weighted = sum(e["n_generated"] * e["precision"] for e in by_tier.values() if e["n_generated"])
+    assert weighted / pr["n_generated"] == pytest.approx(pr["precision"])
+    assert sum(e["n_corpus"] for e in by_tier.values()) == 4  # the odd half of 8 corpus maps
     assert np.asarray(rep["density_control"]["counts"]).shape == (3, 5)
     assert set(rep["goals"]) >= {"diversity_ratio", "precision", "recall", "ks_count", "psi_monotonic", "all_met"}
     for name in ("report.md", "diversity.png", "near_duplicates.png"):

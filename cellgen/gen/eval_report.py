@@ -104,10 +104,19 @@ def markdown(result: dict) -> str:
                   f"{_f(f['precision_recall_corpus_split_half']['precision'])}, recall "
                   f"{_f(f['precision_recall_corpus_split_half']['recall'])}."
                   if f.get("precision_recall_corpus_split_half") else "."), "",
-              "| tier | n generated | n corpus | FD | corpus split-half | ratio |", "|---|---|---|---|---|---|"]
+              "| tier | n generated | n corpus | FD | corpus split-half | ratio | precision | corpus split-half |",
+              "|---|---|---|---|---|---|---|---|"]
+    by_tier = f.get("precision_by_tier") or {}
     for t, e in f["fd"].items():
+        p_t = by_tier.get(t, {})
+        p_all = {"precision": f["precision_recall"]["precision"], "corpus_split_half":
+                 (f.get("precision_recall_corpus_split_half") or {}).get("precision")} if t == "all" else p_t
         lines.append(f"| {t} | {e['n_generated']} | {e['n_reference']} | {_f(e['fd'], 1)} | {_f(e['split_half'], 1)} "
-                     f"| {_f(e['ratio'], 2)} |")
+                     f"| {_f(e['ratio'], 2)} | {_f(p_all.get('precision'), 2)} | {_f(p_all.get('corpus_split_half'), 2)} |")
+    if by_tier:
+        lines += ["", "Precision per tier: the share of that tier's generated maps inside the corpus's k-NN "
+                      "manifold; beside it, the same share for the corpus's odd maps of the tier against its even "
+                      "ones (the ceiling). A tier far below its ceiling is where the generator leaves the corpus."]
     lines += ["", "## KS statistics (generated vs corpus)", "", "| | corpus | generated | KS |", "|---|---|---|---|",
               f"| cells per image (mean) | {_f(ks['count']['corpus_mean'], 1)} | {_f(ks['count']['generated_mean'], 1)} "
               f"| {_f(ks['count']['ks'])} |",

@@ -46,6 +46,7 @@ from cellgen.gen.diversity import (
     closest_pairs,
     foreground,
     iou_summary,
+    manifold_coverage,
     pairwise_iou,
     precision_recall,
 )
@@ -180,7 +181,8 @@ def evaluate_contours(gen, ref: Reference, *, n: int = 256, n_diversity: int = 6
     pr_ref = ref.features[np.unique(np.linspace(0, len(ref.features) - 1, n_pr).round().astype(int))]
     fidelity = {"precision_recall": precision_recall(pr_ref, feats[:n_pr], k), "fd": {},
                 # the corpus against itself (two halves): what P and R are at best, at this sample size
-                "precision_recall_corpus_split_half": precision_recall(ref.features[0::2], ref.features[1::2], k)}
+                "precision_recall_corpus_split_half": precision_recall(ref.features[0::2], ref.features[1::2], k),
+                "precision_by_tier": _precision_by_tier(ref, pr_ref, feats[:n_pr], tiers[:n_pr], k)}
     for t in ("all", *ref.tiers.names):
         g = feats if t == "all" else feats[tiers == t]
         r = ref.features if t == "all" else ref.features[ref.tier == t]
@@ -221,6 +223,21 @@ def evaluate_contours(gen, ref: Reference, *, n: int = 256, n_diversity: int = 6
     result["seconds"] = time.perf_counter() - t0
     result["_masks"] = (semantic, cell, nucleus)  # for the figures; dropped from the JSON
     return result
+
+
+def _precision_by_tier(ref: Reference, pr_ref, feats, tiers, k: int) -> dict:
+    """Precision of the generated maps of each density tier (against the whole corpus
+    manifold), beside the same share for the corpus's odd maps of that tier against its even
+    ones: where in density the generated maps leave the corpus."""
+    inside = manifold_coverage(pr_ref, feats, k)
+    half = manifold_coverage(ref.features[0::2], ref.features[1::2], k)
+    half_tier = ref.tier[1::2]
+    out = {}
+    for t in ref.tiers.names:
+        g, c = tiers == t, half_tier == t
+        out[t] = {"n_generated": int(g.sum()), "precision": float(inside[g].mean()) if g.any() else None,
+                  "n_corpus": int(c.sum()), "corpus_split_half": float(half[c].mean()) if c.any() else None}
+    return out
 
 
 def psi_sweep_at(gen, seeds, ref: Reference, noise_mode: str) -> np.ndarray:
