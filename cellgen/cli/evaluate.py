@@ -127,6 +127,7 @@ def eval_contours(checkpoints, reference, output, n_images, n_reference, n_diver
                   noise_mode, device, quiet):
     """Contour generator vs its corpus: layout diversity (pairwise IoU, near-duplicates), precision and
     recall, FD-EffNetLite0 per tier with the corpus floor, KS of count and areas, density control over psi."""
+    from cellgen.gen.eval_report import rank_folder
     from cellgen.gen.evaluate import evaluate_contours, load_reference, rank_checkpoints, selection_key, write_report
     from cellgen.quality import load_backbone
 
@@ -142,7 +143,7 @@ def eval_contours(checkpoints, reference, output, n_images, n_reference, n_diver
     else:
         results = rank_checkpoints(paths, ref, keep_masks=True, **opts)
     for i, (path, result) in enumerate(results):
-        folder = out if len(results) == 1 else out / f"{i + 1:02d}-{Path(path).stem}"
+        folder = out if len(results) == 1 else out / rank_folder(i, path)
         write_report(result, folder)
         g = result["goals"]
         click.echo(f"{path}: {len(g['failed'])} goal(s) failed{': ' + ', '.join(g['failed']) if g['failed'] else ''}; "

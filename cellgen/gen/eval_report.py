@@ -1,10 +1,12 @@
 """Figures and markdown of a contour-generator evaluation (:mod:`cellgen.gen.evaluate`).
 
 Public API: :func:`diversity_figure`, :func:`near_duplicates_figure`, :func:`markdown`,
-:func:`ranking_markdown`, :func:`training_figure`.
+:func:`ranking_markdown`, :func:`rank_folder`, :func:`training_figure`.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
@@ -149,6 +151,11 @@ def _ordered(results):
     return list(results), "checkpoint (order given)"
 
 
+def rank_folder(rank: int, path) -> str:
+    """The report folder of the checkpoint ranked ``rank`` (0 = best) among several."""
+    return f"{rank + 1:02d}-{Path(path).stem}"
+
+
 def ranking_markdown(ranked) -> str:
     """Several checkpoints ranked best first (``ranked``: (path, result) pairs, as
     :func:`cellgen.gen.evaluate.rank_checkpoints` returns them)."""
@@ -158,19 +165,13 @@ def ranking_markdown(ranked) -> str:
              "| rank | checkpoint | kimg | goals failed | precision | recall | IoU ratio | worst FD / floor "
              "| KS count | report |", "|---|---|---|---|---|---|---|---|---|---|"]
     for i, (path, r) in enumerate(ranked):
-        g, pr = r["goals"], r["fidelity"]["precision_recall"]
+        g, pr, kimg = r["goals"], r["fidelity"]["precision_recall"], _kimg(r)
         failed = ", ".join(g["failed"]) or "none"
-        lines.append(f"| {i + 1} | `{path}` | {_f(_kimg(r), 1) if (_kimg(r) or 0) >= 1 else _f(_kimg(r))} | {failed} | {_f(pr['precision'], 2)} | "
-                     f"{_f(pr['recall'], 2)} | {_f(g['diversity_ratio']['value'], 2)} | "
+        lines.append(f"| {i + 1} | `{path}` | {'-' if kimg is None else f'{float(kimg):g}'} | {failed} | "
+                     f"{_f(pr['precision'], 2)} | {_f(pr['recall'], 2)} | {_f(g['diversity_ratio']['value'], 2)} | "
                      f"{_f(g['fd_floor_ratio_worst_tier']['value'], 2)} | {_f(r['ks']['count']['ks'])} | "
-                     f"[report]({i + 1:02d}-{_stem(path)}/report.md) |")
+                     f"[report]({rank_folder(i, path)}/report.md) |")
     return "\n".join(lines + [""])
-
-
-def _stem(path) -> str:
-    from pathlib import Path
-
-    return Path(path).stem
 
 
 def training_figure(results, path) -> None:
