@@ -106,6 +106,17 @@ def test_precision_recall_known_answers():
         knn_radii(real[:3], k=3)
 
 
+def test_sampled_label_maps_are_the_classes_the_masks_come_from(gen):
+    from cellgen.gen.evaluate import sample_label_maps, sample_masks
+    from cellgen.masks import instances_from_label_map
+
+    classes, masks = sample_label_maps(gen, [3, 4, 5], 1.0, 48)
+    assert classes.shape == (3, 48, 48) and classes.dtype == np.uint8 and classes.max() <= 3
+    for c, m, again in zip(classes, masks, sample_masks(gen, [3, 4, 5], 1.0, 48)):
+        assert np.array_equal(instances_from_label_map(c).cell, m.cell)
+        assert np.array_equal(again.cell, m.cell)
+
+
 def test_eval_contours_end_to_end(models, tmp_path):
     out = tmp_path / "ev"
     r = CliRunner().invoke(cli, ["eval", "contours", "--checkpoint", str(models["gen"]), "--reference",
@@ -126,7 +137,7 @@ def test_eval_contours_end_to_end(models, tmp_path):
     assert sum(e["n_corpus"] for e in by_tier.values()) == 4  # the odd half of 8 corpus maps
     assert np.asarray(rep["density_control"]["counts"]).shape == (3, 5)
     assert set(rep["goals"]) >= {"diversity_ratio", "precision", "recall", "ks_count", "psi_monotonic", "all_met"}
-    for name in ("report.md", "diversity.png", "near_duplicates.png"):
+    for name in ("report.md", "diversity.png", "near_duplicates.png", "tiers.png"):
         assert (out / name).stat().st_size > 0
     assert "| precision |" in (out / "report.md").read_text()
 

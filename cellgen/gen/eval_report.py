@@ -1,7 +1,8 @@
 """Figures and markdown of a contour-generator evaluation (:mod:`cellgen.gen.evaluate`).
 
 Public API: :func:`diversity_figure`, :func:`near_duplicates_figure`, :func:`markdown`,
-:func:`ranking_markdown`, :func:`rank_folder`, :func:`training_figure`.
+:func:`ranking_markdown`, :func:`rank_folder`, :func:`training_figure`,
+:func:`tier_examples_figure`.
 """
 
 from __future__ import annotations
@@ -61,6 +62,34 @@ def near_duplicates_figure(result: dict, masks, path) -> None:
             ax.set_yticks([])
             ax.set_title(f"seed {seed0 + k}" + (f"  IoU {iou:.2f}" if c == 1 else ""), fontsize=8)
     fig.suptitle(f"closest generated pairs (noise {result['protocol']['noise_mode']})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# background, cytoplasm, nucleus, boundary (the label-map classes of cellgen.masks)
+_CLASS_RGB = np.array([[0, 0, 0], [200, 200, 200], [90, 90, 220], [235, 50, 50]], np.uint8)
+
+
+def tier_examples_figure(examples: dict, path) -> None:
+    """Label maps per density tier, corpus (left) beside generated (right), classes coloured
+    with the boundary class in red: what the numbers per tier look like."""
+    plt = _plt()
+    corpus, generated = examples["corpus"], examples["generated"]
+    tiers = [t for t in generated if len(corpus.get(t, ())) or len(generated[t])]
+    cols = max([len(corpus.get(t, ())) for t in tiers] + [len(generated[t]) for t in tiers] + [1])
+    fig, axes = plt.subplots(max(1, len(tiers)), 2 * cols, figsize=(1.5 * 2 * cols, 1.9 * max(1, len(tiers))),
+                             dpi=110, squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for r, t in enumerate(tiers):
+        for side, maps in ((0, corpus.get(t, ())), (1, generated[t])):
+            for c, classes in enumerate(maps):
+                ax = axes[r, side * cols + c]
+                ax.imshow(_CLASS_RGB[classes], interpolation="nearest")
+                if c == 0:
+                    ax.set_title(f"{t}: {'corpus' if side == 0 else 'generated'}", fontsize=8, loc="left")
+    fig.suptitle("label maps per density tier (red: boundary between touching cells)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

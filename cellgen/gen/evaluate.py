@@ -24,7 +24,7 @@ image size; the reference is an evenly spaced subset of the corpus):
 snapshot, :func:`selection_key` orders results (fewest failed goals, then the worst per-tier FD
 ratio); :func:`rank_checkpoints` scores several checkpoints against one reference.
 
-Public API: :class:`Reference`, :func:`load_reference`, :func:`sample_masks`,
+Public API: :class:`Reference`, :func:`load_reference`, :func:`sample_masks`, :func:`sample_label_maps`,
 :func:`evaluate_contours`, :func:`check_goals`, :func:`selection_key`, :func:`rank_checkpoints`,
 :func:`write_report`, :data:`GOALS`, :data:`PSIS`.
 """
@@ -50,8 +50,10 @@ from cellgen.gen.diversity import (
     pairwise_iou,
     precision_recall,
 )
+from cellgen.masks import label_map_from_instances
 
 PSIS = (-1.0, -0.5, 0.0, 0.5, 1.0)
+EXAMPLES = 4  # label maps per tier and side in tiers.png
 GOALS = {
     "iou_ratio_max": 1.15,            # mean pairwise IoU, generated / corpus
     "pairs_above_0.6_max": 0.01,      # share of generated pairs with IoU > 0.6
@@ -84,6 +86,8 @@ class Reference:
     diversity_cells: np.ndarray  # (n_diversity, H, W) cell maps for the IoU baseline
     diversity_semantic: np.ndarray
     backbone: object = field(repr=False, default=None)
+    # a few corpus label maps per tier (class indices), shown beside generated ones
+    examples: dict = field(default_factory=dict)
 
 
 def _areas(cell_maps, nucleus_maps, pixel_size_um: float):
@@ -126,17 +130,28 @@ def load_reference(path, backbone, n: int = 512, n_diversity: int = 64) -> Refer
         scheme, px, size = ds.tier_scheme, float(ds.pixel_size_um), int(ds.image_size[0])
     div = np.unique(np.linspace(0, len(idx) - 1, n_diversity).round().astype(int))
     counts, cell_areas, nuc_areas = _areas(cell, nucleus, px)
-    return Reference(str(path), size, px, scheme, idx, tier.astype(str), _mask_features(backbone, semantic, cell),
-                     counts, cell_areas, nuc_areas, cell[div], semantic[div], backbone)
+    tier = tier.astype(str)
+    examples = {t: np.stack([label_map_from_instances(cell[i], nucleus[i]) for i in np.flatnonzero(tier == t)[:EXAMPLES]])
+                for t in scheme.names if (tier == t).any()}
+    return Reference(str(path), size, px, scheme, idx, tier, _mask_features(backbone, semantic, cell),
+                     counts, cell_areas, nuc_areas, cell[div], semantic[div], backbone, examples)
 
 
 def sample_masks(gen, seeds, psi: float = 1.0, size: int | None = None, noise_mode: str = "random"):
     """Exact masks of the generator's maps for ``seeds`` at ``psi``, resampled to ``size``."""
+    return sample_label_maps(gen, seeds, psi, size, noise_mode)[1]
+
+
+def sample_label_maps(gen, seeds, psi: float = 1.0, size: int | None = None, noise_mode: str = "random"):
+    """The generator's class maps (N, H, W uint8, argmax of its scores) for ``seeds`` at ``psi``,
+    resampled to ``size``, and their exact masks."""
     seeds = list(seeds)
-    out = []
+    classes, masks = [], []
     for i in range(0, len(seeds), 16):
-        out += masks_from_scores(gen.label_maps(seeds[i:i + 16], psi=psi, noise_mode=noise_mode, output_size=size))
-    return out
+        scores = gen.label_maps(seeds[i:i + 16], psi=psi, noise_mode=noise_mode, output_size=size)
+        classes.append(np.argmax(scores, axis=1).astype(np.uint8))
+        masks += masks_from_scores(scores)
+    return (np.concatenate(classes) if classes else np.zeros((0, size or 0, size or 0), np.uint8)), masks
 
 
 def _ks(a, b) -> float | None:
@@ -160,7 +175,7 @@ def evaluate_contours(gen, ref: Reference, *, n: int = 256, n_diversity: int = 6
     t0 = time.perf_counter()
     seeds = list(range(first_seed, first_seed + max(n, n_diversity)))
     say(f"sampling {len(seeds)} maps (psi 1, noise {noise_mode})")
-    masks = sample_masks(gen, seeds, 1.0, ref.size, noise_mode)
+    classes, masks = sample_label_maps(gen, seeds, 1.0, ref.size, noise_mode)
     cell = np.stack([m.cell for m in masks])
     semantic = np.stack([m.semantic for m in masks])
     nucleus = np.stack([m.nucleus for m in masks])
@@ -221,7 +236,10 @@ def evaluate_contours(gen, ref: Reference, *, n: int = 256, n_diversity: int = 6
               "tier_counts_generated": {t: int((tiers == t).sum()) for t in ref.tiers.names}}
     result["goals"] = check_goals(result)
     result["seconds"] = time.perf_counter() - t0
-    result["_masks"] = (semantic, cell, nucleus)  # for the figures; dropped from the JSON
+    # for the figures; keys starting with "_" stay out of the JSON
+    result["_masks"] = (semantic, cell, nucleus)
+    result["_examples"] = {"corpus": ref.examples,
+                           "generated": {t: classes[:n][tiers == t][:EXAMPLES] for t in ref.tiers.names}}
     return result
 
 
@@ -296,27 +314,32 @@ def rank_checkpoints(paths, ref: Reference, *, progress=None, keep_masks: bool =
     for p in paths:
         r = evaluate_contours(ContourGenerator.load(p), ref, progress=progress, **kwargs)
         if not keep_masks:
-            r.pop("_masks", None)
+            for key in [k for k in r if k.startswith("_")]:
+                r.pop(key)
         scored.append((str(p), r))
     return sorted(scored, key=lambda pr: selection_key(pr[1]))
 
 
 def write_report(result: dict, out_dir) -> Path:
-    """``report.json``, ``report.md``, ``diversity.png`` and ``near_duplicates.png`` in ``out_dir``."""
+    """``report.json``, ``report.md``, ``diversity.png``, ``near_duplicates.png`` and
+    ``tiers.png`` in ``out_dir``."""
     from cellgen.fileio import atomic_path
     from cellgen.gen.eval_report import (
         diversity_figure,
         markdown,
         near_duplicates_figure,
+        tier_examples_figure,
     )
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    masks = result.get("_masks")
-    data = {k: v for k, v in result.items() if k != "_masks"}
+    masks, examples = result.get("_masks"), result.get("_examples")
+    data = {k: v for k, v in result.items() if not k.startswith("_")}
     diversity_figure(data, out / "diversity.png")
     if masks is not None:
         near_duplicates_figure(data, masks, out / "near_duplicates.png")
+    if examples is not None:
+        tier_examples_figure(examples, out / "tiers.png")
     with atomic_path(out / "report.json") as tmp:
         tmp.write_text(json.dumps(data, indent=2, default=float))
     with atomic_path(out / "report.md") as tmp:
