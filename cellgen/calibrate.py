@@ -160,7 +160,7 @@ def calibration_report(generator, renderer, data, out_dir, *, n_images: int = 32
         result = contour_eval.evaluate_contours(gen, ref, n=n_images, n_diversity=min(64, n_data, n_images),
                                                 psi_seeds=min(16, n_images), progress=say)
         contour_eval.write_report(result, out / "contours-eval")
-        report["contours"] = {k: v for k, v in result.items() if k != "_masks"}
+        report["contours"] = contour_eval.without_arrays(result)
     else:
         report["contours"] = {"skipped": "the contour evaluation needs at least 8 square images"}
     size = matched_size(gen, rend)

@@ -26,7 +26,7 @@ ratio); :func:`rank_checkpoints` scores several checkpoints against one referenc
 
 Public API: :class:`Reference`, :func:`load_reference`, :func:`sample_masks`, :func:`sample_label_maps`,
 :func:`evaluate_contours`, :func:`check_goals`, :func:`selection_key`, :func:`rank_checkpoints`,
-:func:`write_report`, :data:`GOALS`, :data:`PSIS`.
+:func:`write_report`, :func:`without_arrays`, :data:`GOALS`, :data:`PSIS`.
 """
 
 from __future__ import annotations
@@ -313,11 +313,14 @@ def rank_checkpoints(paths, ref: Reference, *, progress=None, keep_masks: bool =
     scored = []
     for p in paths:
         r = evaluate_contours(ContourGenerator.load(p), ref, progress=progress, **kwargs)
-        if not keep_masks:
-            for key in [k for k in r if k.startswith("_")]:
-                r.pop(key)
-        scored.append((str(p), r))
+        scored.append((str(p), r if keep_masks else without_arrays(r)))
     return sorted(scored, key=lambda pr: selection_key(pr[1]))
+
+
+def without_arrays(result: dict) -> dict:
+    """The result without the maps kept for the figures (the keys starting with ``_``): what
+    goes into JSON."""
+    return {k: v for k, v in result.items() if not k.startswith("_")}
 
 
 def write_report(result: dict, out_dir) -> Path:
@@ -334,7 +337,7 @@ def write_report(result: dict, out_dir) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     masks, examples = result.get("_masks"), result.get("_examples")
-    data = {k: v for k, v in result.items() if not k.startswith("_")}
+    data = without_arrays(result)
     diversity_figure(data, out / "diversity.png")
     if masks is not None:
         near_duplicates_figure(data, masks, out / "near_duplicates.png")
