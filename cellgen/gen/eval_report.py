@@ -143,7 +143,8 @@ def markdown(result: dict) -> str:
         p_all = {"precision": f["precision_recall"]["precision"], "corpus_split_half":
                  (f.get("precision_recall_corpus_split_half") or {}).get("precision")} if t == "all" else p_t
         lines.append(f"| {t} | {e['n_generated']} | {e['n_reference']} | {_f(e['fd'], 1)} | {_f(e['split_half'], 1)} "
-                     f"| {_f(e['ratio'], 2)} | {_f(p_all.get('precision'), 2)} | {_f(p_all.get('corpus_split_half'), 2)} |")
+                     f"| {_f(e['ratio'], 2)} | {_f(p_all.get('precision'), 2)} "
+                     f"| {_f(p_all.get('corpus_split_half'), 2)} |")
     if by_tier:
         lines += ["", "Precision per tier: the share of that tier's generated maps inside the corpus's k-NN "
                       "manifold; beside it, the same share for the corpus's odd maps of the tier against its even "

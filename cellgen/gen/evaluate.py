@@ -131,7 +131,8 @@ def load_reference(path, backbone, n: int = 512, n_diversity: int = 64) -> Refer
     div = np.unique(np.linspace(0, len(idx) - 1, n_diversity).round().astype(int))
     counts, cell_areas, nuc_areas = _areas(cell, nucleus, px)
     tier = tier.astype(str)
-    examples = {t: np.stack([label_map_from_instances(cell[i], nucleus[i]) for i in np.flatnonzero(tier == t)[:EXAMPLES]])
+    examples = {t: np.stack([label_map_from_instances(cell[i], nucleus[i])
+                             for i in np.flatnonzero(tier == t)[:EXAMPLES]])
                 for t in scheme.names if (tier == t).any()}
     return Reference(str(path), size, px, scheme, idx, tier, _mask_features(backbone, semantic, cell),
                      counts, cell_areas, nuc_areas, cell[div], semantic[div], backbone, examples)
@@ -307,7 +308,8 @@ def selection_key(result: dict) -> tuple:
 
 def rank_checkpoints(paths, ref: Reference, *, progress=None, keep_masks: bool = False,
                      **kwargs) -> list[tuple[str, dict]]:
-    """Evaluate every checkpoint against ``ref``; best first by :func:`selection_key`."""
+    """Evaluate every checkpoint against ``ref``; best first by :func:`selection_key`.
+    ``keep_masks`` keeps each result's maps for the figures (memory grows with the count)."""
     from cellgen.gen.generator import ContourGenerator
 
     scored = []
