@@ -237,7 +237,7 @@ def _texture(renderer, rendered, images, semantic, cell, nucleus) -> dict:
            "ratio": texture.compare(rend_s, real_s, paired=True)}
     if renderer.varies:
         again = renderer.render_batch(semantic, cell, nucleus, seeds=range(len(semantic), 2 * len(semantic)))
-        a, b = texture.cell_means(rendered, semantic, cell), texture.cell_means(again, semantic, cell)
+        a, b = rend_s["_cell_means_raw"], texture.cell_means(again, semantic, cell)
         out["seed_variation"] = {
             "mean_abs_pixel_difference": float(np.abs(rendered - again).mean()),
             # 1: a cell's brightness is fixed by the mask; 0: drawn anew with each seed
