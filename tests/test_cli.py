@@ -81,6 +81,19 @@ def test_info_preview_and_export(tmp_path, small_set):
         assert len((out / "metadata.csv").read_text().splitlines()) == 10
 
 
+def test_info_and_summary_count_images_without_cells(tmp_path):
+    # count (0, 2) draws some maps with no cell: both the write summary and info must say how many
+    r = run("simulate", "--n", "6", "--count", "0:2", "--size", "64", "--seed", "0", "--variants", "clean",
+            "-o", "e.h5", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    with BenchmarkSet(tmp_path / "e.h5") as ds:
+        empty = sum(ds.masks(i).cell.max() == 0 for i in range(len(ds)))
+    assert 0 < empty < 6
+    line = f"{empty} image{'s' if empty != 1 else ''} without any cell"
+    assert line in r.stdout
+    assert line in run("datasets", "info", str(tmp_path / "e.h5")).stdout
+
+
 def test_export_png_channels_and_tiff_image(tmp_path, small_set):
     import cv2
     import tifffile

@@ -45,7 +45,7 @@ def verify(target, against):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def info(target, as_json):
     """Counts per tier and variant, and provenance, of a FILE or registered NAME."""
-    from cellgen.datasets.info import set_info
+    from cellgen.datasets.info import cells_text, set_info
 
     file, _ = set_file(target)
     data = set_info(file)
@@ -56,6 +56,7 @@ def info(target, as_json):
                f"at {data['pixel_size_um']} um/px")
     click.echo(f"  tiers ({data['tier_scheme']['measure']} thresholds {data['tier_scheme']['thresholds']}): "
                + ", ".join(f"{k} {v}" for k, v in data["tiers"].items()))
+    click.echo(f"  cells per image: {cells_text(data)}")
     for v, s in data["variants"].items():
         click.echo(f"  variant {v}: " + (f"SNR {s['snr_db_mean']:.1f} dB; {s['description']}; SNR tiers "
                                          + ", ".join(f"{t} {n}" for t, n in s["snr_tiers"].items() if n)

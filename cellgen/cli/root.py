@@ -62,12 +62,13 @@ def cli():
 
 
 def print_summary(path):
-    from cellgen.datasets.info import set_info
+    from cellgen.datasets.info import cells_text, set_info
 
     data = set_info(path)
     tiers = ", ".join(f"{k} {v}" for k, v in data["tiers"].items())
     variants = ", ".join(data["variants"]) or "none (masks only)"
-    click.echo(f"wrote {path}: {data['n_images']} images, tiers: {tiers}; variants: {variants}")
+    click.echo(f"wrote {path}: {data['n_images']} images, tiers: {tiers}; cells per image: {cells_text(data)}; "
+               f"variants: {variants}")
 
 
 def main(argv=None):

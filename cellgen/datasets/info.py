@@ -35,8 +35,19 @@ def set_info(path) -> dict:
             "tiers": {t: int((meta["tier"] == t).sum()) for t in ds.tier_scheme.names},
             "cells_per_image": {"min": float(counts.min(initial=0)), "max": float(counts.max(initial=0)),
                                 "mean": float(counts.mean()) if counts.size else 0.0},
+            # a generator at psi near 1 can draw an empty map; its metrics are defined, but a
+            # user reading a benchmark of N images should know that some hold no cell at all
+            "images_without_cells": int((counts == 0).sum()),
             "variants": variants,
             "snr_tier_scheme": json.loads(noise.set_snr_scheme(ds).to_json()),
             "provenance": {k: attrs.get(k, "") for k in
                            ("cellgen_version", "schema_version", "command", "recipe", "generator_sha256", "renderer_sha256")},
         }
+
+
+def cells_text(info: dict) -> str:
+    """'3-41 (mean 18.2)', and how many images hold no cell when some do not."""
+    c = info["cells_per_image"]
+    text = f"{c['min']:.0f}-{c['max']:.0f} (mean {c['mean']:.1f})"
+    empty = info.get("images_without_cells", 0)
+    return text + (f", {empty} image{'s' if empty != 1 else ''} without any cell" if empty else "")
