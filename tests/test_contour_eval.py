@@ -161,6 +161,8 @@ def test_eval_contours_ranks_a_runs_kept_generators_and_plots_them_in_training_o
     reports = sorted(out.glob("0[12]-*/report.json"))
     assert [p.parent.name[:2] for p in reports] == ["01", "02"]
     for row, rep in zip(rows, reports):
+        # each ranked checkpoint keeps the maps of its own figures (only those, not all it drew)
+        assert (rep.parent / "near_duplicates.png").stat().st_size > 0 and (rep.parent / "tiers.png").exists()
         result = json.loads(rep.read_text())
         assert f"`{result['generator']['path']}`" in row
         assert f"| {result['fidelity']['precision_recall']['precision']:.2f} |" in row

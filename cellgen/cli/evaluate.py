@@ -141,7 +141,7 @@ def eval_contours(checkpoints, reference, output, n_images, n_reference, n_diver
     if len(paths) == 1:
         results = [(paths[0], evaluate_contours(load_generator(paths[0], device), ref, **opts))]
     else:
-        results = rank_checkpoints(paths, ref, keep_masks=True, **opts)
+        results = rank_checkpoints(paths, ref, **opts)
     for i, (path, result) in enumerate(results):
         folder = out if len(results) == 1 else out / rank_folder(i, path)
         write_report(result, folder)

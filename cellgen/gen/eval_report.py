@@ -45,11 +45,11 @@ def diversity_figure(result: dict, path) -> None:
 
 
 def near_duplicates_figure(result: dict, masks, path) -> None:
-    """The closest generated pairs side by side (semantic maps with cell outlines)."""
+    """The closest generated pairs side by side (semantic maps with cell outlines); ``masks``
+    maps a generated map's index to its (semantic, cell, nucleus) masks."""
     from cellgen.preview import outlined, semantic_rgb
 
     plt = _plt()
-    semantic, cell, nucleus = masks
     pairs = result["diversity"]["closest_generated"]
     seed0 = result["protocol"]["seeds"][0]
     rows = max(1, len(pairs))
@@ -57,7 +57,8 @@ def near_duplicates_figure(result: dict, masks, path) -> None:
     for r, (i, j, iou) in enumerate(pairs):
         for c, k in enumerate((i, j)):
             ax = axes[r, c]
-            ax.imshow(outlined(semantic_rgb(semantic[k]), cell[k], nucleus[k]), interpolation="nearest")
+            semantic, cell, nucleus = masks[k]
+            ax.imshow(outlined(semantic_rgb(semantic), cell, nucleus), interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(f"seed {seed0 + k}" + (f"  IoU {iou:.2f}" if c == 1 else ""), fontsize=8)

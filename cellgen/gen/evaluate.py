@@ -237,8 +237,10 @@ def evaluate_contours(gen, ref: Reference, *, n: int = 256, n_diversity: int = 6
               "tier_counts_generated": {t: int((tiers == t).sum()) for t in ref.tiers.names}}
     result["goals"] = check_goals(result)
     result["seconds"] = time.perf_counter() - t0
-    # for the figures; keys starting with "_" stay out of the JSON
-    result["_masks"] = (semantic, cell, nucleus)
+    # for the figures; keys starting with "_" stay out of the JSON. Only the maps the
+    # near-duplicate figure shows are kept, so ranking many checkpoints stays small in memory.
+    shown = sorted({k for i, j, _ in diversity["closest_generated"] for k in (i, j)})
+    result["_masks"] = {k: (semantic[k], cell[k], nucleus[k]) for k in shown}
     result["_examples"] = {"corpus": ref.examples,
                            "generated": {t: classes[:n][tiers == t][:EXAMPLES] for t in ref.tiers.names}}
     return result
@@ -306,16 +308,15 @@ def selection_key(result: dict) -> tuple:
             1.0 - min(pr["precision"], pr["recall"]))
 
 
-def rank_checkpoints(paths, ref: Reference, *, progress=None, keep_masks: bool = False,
-                     **kwargs) -> list[tuple[str, dict]]:
-    """Evaluate every checkpoint against ``ref``; best first by :func:`selection_key`.
-    ``keep_masks`` keeps each result's maps for the figures (memory grows with the count)."""
+def rank_checkpoints(paths, ref: Reference, *, progress=None, **kwargs) -> list[tuple[str, dict]]:
+    """Evaluate every checkpoint against ``ref``; best first by :func:`selection_key`. Each
+    result keeps the few maps its figures show (about 2 MB), so :func:`write_report` can draw them."""
     from cellgen.gen.generator import ContourGenerator
 
     scored = []
     for p in paths:
         r = evaluate_contours(ContourGenerator.load(p), ref, progress=progress, **kwargs)
-        scored.append((str(p), r if keep_masks else without_arrays(r)))
+        scored.append((str(p), r))
     return sorted(scored, key=lambda pr: selection_key(pr[1]))
 
 
