@@ -117,6 +117,28 @@ def test_sampled_label_maps_are_the_classes_the_masks_come_from(gen):
         assert np.array_equal(again.cell, m.cell)
 
 
+def test_shape_measures_of_known_objects():
+    from cellgen.gen.evaluate import _shapes
+
+    cell = np.zeros((1, 40, 40), np.uint32)
+    nucleus = np.zeros_like(cell)
+    cell[0, 0:20, 0:20] = 1                # a square cell with its nucleus at the centre
+    nucleus[0, 7:13, 7:13] = 1
+    cell[0, 20:40, 20:40] = 2              # an L-shaped cell: a 20x20 square less a 10x10 corner
+    cell[0, 30:40, 30:40] = 0
+    nucleus[0, 21:27, 21:27] = 2           # nucleus in the L's corner, off its centre
+    s = _shapes(cell, nucleus)
+    assert s["cell_solidity"][0] == pytest.approx(1.0)
+    assert s["cell_solidity"][1] < 0.9      # 300 px against a hull of about 350
+    assert s["nucleus_eccentricity"][0] == pytest.approx(0.0, abs=1e-6)
+    assert s["nucleus_offset"][0] == pytest.approx(0.0, abs=1e-6)
+    # the L is three 10x10 blocks centred at 24.5 / 34.5, so its centroid is ((2 * 24.5 + 34.5) / 3)
+    # on both axes; its nucleus's is 23.5; its equivalent radius sqrt(300 / pi)
+    d = (2 * 24.5 + 34.5) / 3 - 23.5
+    expected = np.hypot(d, d) / np.sqrt(300 / np.pi)
+    assert s["nucleus_offset"][1] == pytest.approx(expected, rel=1e-6)
+
+
 def test_eval_contours_end_to_end(models, tmp_path):
     out = tmp_path / "ev"
     r = CliRunner().invoke(cli, ["eval", "contours", "--checkpoint", str(models["gen"]), "--reference",
@@ -140,6 +162,9 @@ def test_eval_contours_end_to_end(models, tmp_path):
     for name in ("report.md", "diversity.png", "near_duplicates.png", "tiers.png"):
         assert (out / name).stat().st_size > 0
     assert "| precision |" in (out / "report.md").read_text()
+    assert set(rep["shape"]) == {"cell_solidity", "nucleus_eccentricity", "nucleus_offset"}
+    assert all(0 <= v["ks"] <= 1 for v in rep["shape"].values())
+    assert "| cell solidity (area / convex hull) (median; not a goal) |" in (out / "report.md").read_text()
 
 
 def test_eval_contours_ranks_a_runs_kept_generators_and_plots_them_in_training_order(models, tmp_path):

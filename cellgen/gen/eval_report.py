@@ -156,8 +156,14 @@ def markdown(result: dict) -> str:
               f"| cell area, um^2 (median) | {_f(ks['cell_area_um2']['corpus_median'], 0)} | "
               f"{_f(ks['cell_area_um2']['generated_median'], 0)} | {_f(ks['cell_area_um2']['ks'])} |",
               f"| nucleus area, um^2 (median) | {_f(ks['nucleus_area_um2']['corpus_median'], 0)} | "
-              f"{_f(ks['nucleus_area_um2']['generated_median'], 0)} | {_f(ks['nucleus_area_um2']['ks'])} |",
-              "", f"## Density control ({c['seeds']} seeds)", ""]
+              f"{_f(ks['nucleus_area_um2']['generated_median'], 0)} | {_f(ks['nucleus_area_um2']['ks'])} |"]
+    shape = result.get("shape") or {}
+    if shape:
+        lines += [f"| {v['label']} (median; not a goal) | {_f(v['corpus_median'], 2)} | {_f(v['generated_median'], 2)} "
+                  f"| {_f(v['ks'])} |" for v in shape.values()]
+        lines += ["", "The shape rows say how the generated objects differ where counts and areas agree: "
+                      "a low precision with small area KS shows up here."]
+    lines += ["", f"## Density control ({c['seeds']} seeds)", ""]
     if c["count_mean_by_psi"] is not None:
         counts = np.asarray(c["counts"])
         lines += ["| psi | counts | mean |", "|---|---|---|"]
