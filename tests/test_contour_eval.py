@@ -238,3 +238,17 @@ def test_training_continues_from_a_snapshot_with_its_discriminator_on_other_data
     assert not all(torch.equal(snap["state_dict"][k], other[k]) for k in snap["state_dict"] if k.startswith("D."))
     with pytest.raises(CellgenError, match="continue from"):
         train_contours(small_set, tmp_path / "bad2", preset="tiny", steps=1, init=models["rend"], progress=False)
+
+
+def test_a_result_keeps_only_the_maps_its_figures_show(models):
+    from cellgen.gen.evaluate import evaluate_contours, load_reference
+    from cellgen.gen.generator import ContourGenerator
+    from cellgen.quality import load_backbone
+
+    ref = load_reference(models["data"], load_backbone(), n=8, n_diversity=6)
+    r = evaluate_contours(ContourGenerator.load(models["gen"]), ref, n=8, n_diversity=6, psi_seeds=2)
+    shown = {k for i, j, _ in r["diversity"]["closest_generated"] for k in (i, j)}
+    assert set(r["_masks"]) == shown
+    # own memory, not views that would keep all the drawn maps alive
+    assert all(a.base is None for maps in r["_masks"].values() for a in maps)
+    assert all(a.base is None for a in r["_examples"]["generated"].values())

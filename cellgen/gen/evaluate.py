@@ -277,9 +277,10 @@ def evaluate_contours(gen, ref: Reference, *, n: int = 256, n_diversity: int = 6
     # for the figures; keys starting with "_" stay out of the JSON. Only the maps the
     # near-duplicate figure shows are kept, so ranking many checkpoints stays small in memory.
     shown = sorted({k for i, j, _ in diversity["closest_generated"] for k in (i, j)})
-    result["_masks"] = {k: (semantic[k], cell[k], nucleus[k]) for k in shown}
+    # (copies: a view would keep the whole batch alive)
+    result["_masks"] = {k: (semantic[k].copy(), cell[k].copy(), nucleus[k].copy()) for k in shown}
     result["_examples"] = {"corpus": ref.examples,
-                           "generated": {t: classes[:n][tiers == t][:EXAMPLES] for t in ref.tiers.names}}
+                           "generated": {t: classes[:n][tiers == t][:EXAMPLES].copy() for t in ref.tiers.names}}
     return result
 
 
