@@ -191,6 +191,15 @@ def _ks(a, b) -> float | None:
     return float(ks_2samp(a, b).statistic) if len(a) and len(b) else None
 
 
+def _median(x) -> float | None:
+    return float(np.median(x)) if len(x) else None
+
+
+def _compare(generated, corpus) -> dict:
+    """KS of two samples of one measure, with both medians."""
+    return {"ks": _ks(generated, corpus), "generated_median": _median(generated), "corpus_median": _median(corpus)}
+
+
 def _fd(a, b):
     from cellgen.quality import fd_from_features
 
@@ -242,17 +251,10 @@ def evaluate_contours(gen, ref: Reference, *, n: int = 256, n_diversity: int = 6
     counts, cell_areas, nuc_areas = _areas(cell[:n], nucleus[:n], ref.pixel_size_um)
     ks = {"count": {"ks": _ks(counts, ref.counts), "generated_mean": float(counts.mean()),
                     "corpus_mean": float(ref.counts.mean())},
-          "cell_area_um2": {"ks": _ks(cell_areas, ref.cell_areas),
-                            "generated_median": float(np.median(cell_areas)) if len(cell_areas) else None,
-                            "corpus_median": float(np.median(ref.cell_areas))},
-          "nucleus_area_um2": {"ks": _ks(nuc_areas, ref.nucleus_areas),
-                               "generated_median": float(np.median(nuc_areas)) if len(nuc_areas) else None,
-                               "corpus_median": float(np.median(ref.nucleus_areas))}}
+          "cell_area_um2": _compare(cell_areas, ref.cell_areas),
+          "nucleus_area_um2": _compare(nuc_areas, ref.nucleus_areas)}
     shapes = _shapes(cell[:n], nucleus[:n])
-    shape = {k: {"label": SHAPES[k], "ks": _ks(shapes[k], ref.shapes[k]),
-                 "generated_median": float(np.median(shapes[k])) if len(shapes[k]) else None,
-                 "corpus_median": float(np.median(ref.shapes[k])) if len(ref.shapes[k]) else None}
-             for k in SHAPES if k in ref.shapes}
+    shape = {k: {"label": SHAPES[k], **_compare(shapes[k], ref.shapes[k])} for k in SHAPES if k in ref.shapes}
 
     say(f"psi sweep ({psi_seeds} seeds x {len(PSIS)} psi)")
     table = psi_sweep_at(gen, seeds[:psi_seeds], ref, noise_mode)
