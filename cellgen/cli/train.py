@@ -34,12 +34,9 @@ def train():
 @click.option("--export-every", "export_every", type=click.FloatRange(0, min_open=True), metavar="KIMG",
               help="Keep the EMA generator every KIMG kimg as OUTPUT/generators/generator-STEP.pt, to rank them "
                    "afterwards with 'cellgen eval contours --checkpoint ...'.")
-@click.option("--classes", type=click.Choice(["4", "3"]),
-              help="Label-map classes G draws: 4 (background, cytoplasm, nucleus, boundary) or 3 (no boundary "
-                   "ribbons; touching cells are split by their nuclei) [default: the preset's, 4].")
 @QUIET
 def train_contours_cmd(data, output, preset, kimg, steps, batch, augment, seed, device, no_dihedral, max_minutes,
-                       no_resume, init, d_warmup_kimg, export_every, classes, quiet):
+                       no_resume, init, d_warmup_kimg, export_every, quiet):
     """StyleGAN2 on label maps; writes OUTPUT/generator.pt, snapshots, samples, log.jsonl."""
     from cellgen.gen.train import ContourTrainingConfig, train_contours
 
@@ -49,7 +46,7 @@ def train_contours_cmd(data, output, preset, kimg, steps, batch, augment, seed, 
         pass
     config = ContourTrainingConfig(preset=preset, kimg=kimg, steps=steps, batch=batch, seed=seed, augment=augment,
                                    dihedral=not no_dihedral, init=init, d_warmup_kimg=d_warmup_kimg,
-                                   export_every_kimg=export_every, classes=int(classes) if classes else None)
+                                   export_every_kimg=export_every)
     path = train_contours(data, output, config, device=device, progress=not quiet, max_minutes=max_minutes,
                           resume=not no_resume)
     click.echo(f"wrote {path}")

@@ -1,4 +1,4 @@
-"""The contour generator: a StyleGAN2 that draws cell label maps (4 classes, or 3 without the boundary).
+"""The contour generator: a StyleGAN2 that draws 4-class cell label maps.
 
 * :mod:`cellgen.gen.networks`: the networks, presets (``paper512``, ``small256``, ``small128``, ``tiny``),
   :func:`~cellgen.gen.networks.z_from_seed`;

@@ -84,9 +84,9 @@ class ContourGenerator:
         self.sha256 = sha256
         self.info = dict(info or {})
         self.source = source
-        if self.G.img_channels not in (3, 4):
+        if self.G.img_channels != 4:
             raise CellgenError(f"{source or 'generator'} outputs {self.G.img_channels} channels; a contour generator "
-                               "outputs 4 label-map classes (background, cytoplasm, nucleus, boundary) or the first 3 of them")
+                               "outputs the 4 label-map classes (background, cytoplasm, nucleus, boundary)")
 
     # -- construction ------------------------------------------------------------------
     @classmethod

@@ -19,8 +19,7 @@ that an official network file maps onto these modules one to one
   standard epilogue (conv 3x3, fc, out).
 
 The generator's "image" has ``img_channels = 4`` raw class scores (background, cytoplasm,
-nucleus, boundary), or 3 for a generator trained without the boundary class; argmax gives
-the class map (:mod:`cellgen.masks`).
+nucleus, boundary); argmax gives the class map (:mod:`cellgen.masks`).
 
 The configuration is a plain JSON-serialisable dict (:func:`preset_config`), stored in
 checkpoints so they rebuild the model. Public API: :data:`PRESETS`, :func:`preset_config`,

@@ -1,4 +1,4 @@
-"""Train the contour generator (StyleGAN2 on 4- or 3-class label maps), resumable, on CPU or CUDA.
+"""Train the contour generator (StyleGAN2 on 4-class label maps), resumable, on CPU or CUDA.
 
 >>> train_contours("train.h5", "runs/contours", ContourTrainingConfig(preset="small256", kimg=5, batch=8))
 
@@ -8,10 +8,8 @@ it (``masks/cell/NNNNN.tif|png`` and ``masks/nucleus/NNNNN.*``; the folder itsel
 *instance maps* are resized to the preset resolution by nearest neighbour; the 4-class label
 map (background, cytoplasm, nucleus, boundary) is then derived at the target resolution with
 :func:`cellgen.masks.label_map_from_instances`, so boundary ribbons stay one pixel wide
-and touching cells stay separable. With ``classes=3`` the boundary class is folded into the
-cytoplasm: G then draws no ribbons, and touching cells are split by their nuclei when its maps
-are decoded (:func:`cellgen.masks.instances_from_label_map`). Class maps are kept in memory as
-uint8 and fed to D one-hot, scaled to {-1, +1}.
+and touching cells stay separable. Class maps are kept in memory as uint8 and fed to D
+one-hot, scaled to {-1, +1}.
 
 **Objective** (as stylegan2-ada-pytorch ``StyleGAN2Loss``, in its phases Gmain, Greg, Dmain,
 Dreg): non-saturating logistic loss, with D seeing reals as one-hot maps scaled to {-1, +1}
@@ -64,7 +62,7 @@ from cellgen.fileio import atomic_path
 from cellgen.gen.generator import KIND as GENERATOR_KIND
 from cellgen.gen.generator import resolve_device
 from cellgen.gen.networks import Discriminator, Generator, preset_config, z_from_seed
-from cellgen.masks import BOUNDARY, CYTOPLASM, label_map_from_instances
+from cellgen.masks import label_map_from_instances
 from cellgen.runs import append_log, changed_options, load_snapshot, out_of_time, trim_log
 
 SNAPSHOT_KIND = "contour-training"
@@ -124,9 +122,9 @@ def load_training_data(data, resolution: int) -> np.ndarray:
     return np.stack(maps).astype(np.uint8)
 
 
-def _to_input(classes: torch.Tensor, n_classes: int = N_CLASSES) -> torch.Tensor:
-    """uint8 (N, R, R) class maps -> (N, n_classes, R, R) one-hot scaled to {-1, +1}."""
-    return F.one_hot(classes.long(), n_classes).permute(0, 3, 1, 2).float() * 2 - 1
+def _to_input(classes: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, R, R) class maps -> (N, 4, R, R) one-hot scaled to {-1, +1}."""
+    return F.one_hot(classes.long(), N_CLASSES).permute(0, 3, 1, 2).float() * 2 - 1
 
 
 # --------------------------------------------------------------------------------------
@@ -300,8 +298,6 @@ class ContourTrainingConfig:
     ``tick_steps``, ``sample_seeds``, ``keep_samples`` and ``export_every_kimg`` only set what
     the run folder records: ``export_every_kimg`` keeps the EMA generator at the first tick past
     every multiple of that many kimg (``generators/generator-STEP.pt``), to pick the best.
-    ``classes`` is 4 (background, cytoplasm, nucleus, boundary) or 3 (no boundary class);
-    ``None`` keeps the preset's (4).
     """
 
     preset: str = "small256"
@@ -327,7 +323,6 @@ class ContourTrainingConfig:
     sample_seeds: tuple = tuple(range(16))
     keep_samples: int = 3
     export_every_kimg: float | None = None
-    classes: int | None = None
 
 
 def train_contours(data, out_dir, config: ContourTrainingConfig | None = None, *, device: str = "cpu",
@@ -349,14 +344,10 @@ def train_contours(data, out_dir, config: ContourTrainingConfig | None = None, *
 def _train(data, out_dir, *, device, progress, max_minutes, resume, log, preset, kimg, steps, batch, seed, augment,
            dihedral, r1_gamma, pl_weight, lr, ema_kimg, style_mixing_prob, ada_target, ada_kimg, r1_interval,
            pl_interval, config_overrides, init, d_warmup_kimg, tick_steps, sample_seeds, keep_samples,
-           export_every_kimg, classes) -> Path:
+           export_every_kimg) -> Path:
     t_start = time.time()
     dev = resolve_device(device)
     cfg = preset_config(preset, **(config_overrides or {}))
-    if classes is not None:
-        cfg["img_channels"] = classes
-    if cfg["img_channels"] not in (3, 4):
-        raise CellgenError(f"a contour generator draws 3 or 4 label-map classes, got {cfg['img_channels']}")
     tr = dict(cfg["training"])
     for key, val in (("batch", batch), ("r1_gamma", r1_gamma), ("pl_weight", pl_weight), ("lr", lr),
                      ("ema_kimg", ema_kimg), ("style_mixing_prob", style_mixing_prob), ("ada_kimg", ada_kimg)):
@@ -399,10 +390,6 @@ def _train(data, out_dir, *, device, progress, max_minutes, resume, log, preset,
 
     res = int(cfg["resolution"])
     maps = load_training_data(data, res)
-    n_classes = int(cfg["img_channels"])
-    if n_classes == 3:
-        # no boundary class: G draws blobs only, and touching cells are split by their nuclei when decoded
-        maps = np.where(maps == BOUNDARY, CYTOPLASM, maps).astype(np.uint8)
     # the data as trained on, whatever its path: a resumed run must see the same maps
     run["data_sha256"] = hashlib.sha256(np.ascontiguousarray(maps).tobytes()).hexdigest()
     classes = torch.from_numpy(maps)
@@ -459,7 +446,7 @@ def _train(data, out_dir, *, device, progress, max_minutes, resume, log, preset,
             maps = torch.where(flip[:, None, None], maps.flip(2), maps)
             k = torch.randint(0, 4, (batch,))
             maps = torch.stack([m.rot90(int(j), dims=(0, 1)) for m, j in zip(maps, k)])
-        return _to_input(maps, n_classes).to(dev)
+        return _to_input(maps).to(dev)
 
     def run_G(z, update=True):
         ws = G.mapping(z, update_w_avg=update)
